@@ -1,0 +1,218 @@
+//! The policy document as written on disk (by the Nix layer, or by hand).
+//!
+//! Field names are camelCase and equal the Nix option names under
+//! `cell.policy`. Parsing is strict: an unknown field is an error that names
+//! it, so a typo never silently weakens (or strengthens) the policy.
+//! `docs/policy.md` documents every field.
+
+use serde::{Deserialize, Serialize};
+
+fn one() -> u32 {
+    1
+}
+
+/// The base policy: what the Nix configuration declares.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PolicyDocument {
+    /// Format version; only `1` exists.
+    #[serde(default = "one")]
+    pub version: u32,
+    /// Hosts reachable over HTTPS through the intercepting proxy.
+    #[serde(default)]
+    pub https: Vec<HttpsRule>,
+    /// Hosts reachable over plain TCP (spliced after the allow decision).
+    #[serde(default)]
+    pub tcp: Vec<TcpRule>,
+    /// Address ranges routed (forwarded) without the proxy.
+    #[serde(default)]
+    pub cidr: Vec<CidrRule>,
+    /// Host patterns denied even when another entry allows them.
+    #[serde(default)]
+    pub deny: Vec<String>,
+    #[serde(default)]
+    pub dns: DnsSettings,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+impl Default for PolicyDocument {
+    fn default() -> Self {
+        PolicyDocument {
+            version: 1,
+            https: Vec::new(),
+            tcp: Vec::new(),
+            cidr: Vec::new(),
+            deny: Vec::new(),
+            dns: DnsSettings::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// The live overlay (written by `cell allow` / `cell deny`): additions and
+/// denials merged over the base without rebuilding a VM. It cannot change DNS
+/// settings or limits; those belong to the Nix configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OverlayDocument {
+    #[serde(default = "one")]
+    pub version: u32,
+    #[serde(default)]
+    pub https: Vec<HttpsRule>,
+    #[serde(default)]
+    pub tcp: Vec<TcpRule>,
+    #[serde(default)]
+    pub cidr: Vec<CidrRule>,
+    #[serde(default)]
+    pub deny: Vec<String>,
+}
+
+/// One HTTPS host entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpsRule {
+    /// `api.example.com`, `*.example.com`, or `*` with `allowAnyHost`.
+    pub host: String,
+    /// With a wildcard: also match the bare suffix (`example.com`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub include_apex: bool,
+    /// Required to write `host = "*"` or a top-level wildcard such as `*.com`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_any_host: bool,
+    /// Ports; default `[443]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<Vec<u16>>,
+    /// Allowed methods; absent means any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<String>>,
+    /// Allowed path patterns; absent means any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paths: Option<Vec<String>>,
+    /// Check the SNI only and relay the TLS bytes untouched (no interception).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub passthrough: bool,
+    /// Free text shown next to this entry by `cell policy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+/// One plain-TCP host entry (SSH to a git host, a database).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TcpRule {
+    pub host: String,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub include_apex: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_any_host: bool,
+    /// Ports; at least one.
+    pub ports: Vec<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+/// Transport protocol of a CIDR rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+/// One routed address range: forwarded by the firewall without the proxy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CidrRule {
+    /// IPv4 network in CIDR notation, `192.0.2.0/24`.
+    pub cidr: String,
+    pub protocol: Protocol,
+    /// Destination ports; at least one.
+    pub ports: Vec<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+/// How the firewall answers DNS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DnsSettings {
+    /// IPv4 range synthetic addresses are drawn from.
+    #[serde(default = "default_pool")]
+    pub synthetic_pool: String,
+    /// TTL of synthetic answers, seconds.
+    #[serde(default = "default_ttl")]
+    pub ttl: u32,
+    /// Upstream resolvers (`ip` or `ip:port`) for `forward` names and for the
+    /// proxy's own lookups; empty means the firewall's `/etc/resolv.conf`.
+    #[serde(default)]
+    pub upstream: Vec<String>,
+    /// Host patterns answered with their real addresses (forwarded upstream).
+    /// Connections to those addresses still need a `cidr` entry.
+    #[serde(default)]
+    pub forward: Vec<String>,
+}
+
+pub(crate) fn default_pool() -> String {
+    "198.18.0.0/16".into()
+}
+fn default_ttl() -> u32 {
+    60
+}
+
+impl Default for DnsSettings {
+    fn default() -> Self {
+        DnsSettings {
+            synthetic_pool: default_pool(),
+            ttl: default_ttl(),
+            upstream: Vec::new(),
+            forward: Vec::new(),
+        }
+    }
+}
+
+/// Resource bounds. Everything the agent can make the firewall hold is bounded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Limits {
+    /// Most names held in the synthetic table (least recently used is evicted).
+    #[serde(default = "default_dns_names")]
+    pub dns_names: u32,
+    /// Most DNS queries answered at once; more are refused.
+    #[serde(default = "default_dns_concurrency")]
+    pub dns_concurrency: u32,
+    /// Idle timeout of a DNS-over-TCP connection, seconds.
+    #[serde(default = "default_dns_tcp_idle")]
+    pub dns_tcp_idle_secs: u32,
+    /// Timeout of one forwarded upstream query, milliseconds.
+    #[serde(default = "default_upstream_timeout")]
+    pub dns_upstream_timeout_ms: u32,
+}
+
+fn default_dns_names() -> u32 {
+    65536
+}
+fn default_dns_concurrency() -> u32 {
+    256
+}
+fn default_dns_tcp_idle() -> u32 {
+    10
+}
+fn default_upstream_timeout() -> u32 {
+    2000
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            dns_names: default_dns_names(),
+            dns_concurrency: default_dns_concurrency(),
+            dns_tcp_idle_secs: default_dns_tcp_idle(),
+            dns_upstream_timeout_ms: default_upstream_timeout(),
+        }
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}

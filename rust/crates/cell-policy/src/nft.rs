@@ -1,0 +1,514 @@
+//! Compiles a [`Policy`] into the firewall's nftables ruleset, and applies it.
+//!
+//! One table, `inet cell`, owned entirely by cell and replaced in a single
+//! transaction (`add table; delete table; add table; …`), so there is never a
+//! moment with half a ruleset. The security rules it enforces on the
+//! agent-facing interface:
+//!
+//! 1. The agent may reach the firewall itself only on the daemon's DNS port
+//!    (UDP and TCP) and its transparent and explicit proxy ports.
+//! 2. TCP to the synthetic pool on a port some entry allows is redirected to
+//!    the transparent proxy, which makes the per-host decision.
+//! 3. Nothing is forwarded except to `cidr` entries (protocol and port).
+//! 4. Everything else — other addresses, other DNS servers, UDP (QUIC
+//!    included), ICMP, IPv6 — is rejected at once: TCP with a reset, the rest
+//!    with ICMP administratively-prohibited, and logged at a bounded rate.
+//!    IPv6 gets exactly the same treatment (only neighbour discovery is let
+//!    through, so that a v6 connection fails with a reset rather than an ND
+//!    timeout); it is never a bypass.
+
+use std::borrow::Cow;
+use std::net::Ipv4Addr;
+
+use nftables::batch::Batch;
+use nftables::expr::{
+    CT, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, SetItem,
+};
+use nftables::schema::{Chain, NfListObject, Nftables, Rule, Table};
+use nftables::stmt::{
+    JumpTarget, Limit, Log, LogLevel, Match, NAT, Operator, Reject, RejectType, Statement,
+};
+use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook, RejectCode};
+use sha2::{Digest, Sha256};
+
+use crate::document::Protocol;
+use crate::policy::Policy;
+
+/// Where the firewall sits: deployment facts that are not policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirewallParams {
+    /// Table name (family `inet`); `cell` unless several cells share a kernel.
+    pub table: String,
+    /// The interface facing the agent.
+    pub agent_iface: String,
+    /// The firewall's IPv4 address on the agent link (where the daemon listens).
+    pub listen: Ipv4Addr,
+    pub dns_port: u16,
+    pub transparent_port: u16,
+    pub explicit_port: u16,
+}
+
+/// Prefix of the fingerprint comment that marks a ruleset as ours.
+const FINGERPRINT_PREFIX: &str = "cell-ruleset ";
+/// Log prefix of rejected packets (kernel log / journald on the firewall).
+pub const LOG_PREFIX: &str = "cell-reject: ";
+
+fn meta(key: MetaKey) -> Expression<'static> {
+    Expression::Named(NamedExpression::Meta(Meta { key }))
+}
+
+fn field(protocol: &'static str, field: &'static str) -> Expression<'static> {
+    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+        PayloadField {
+            protocol: Cow::Borrowed(protocol),
+            field: Cow::Borrowed(field),
+        },
+    )))
+}
+
+fn is(left: Expression<'static>, right: Expression<'static>) -> Statement<'static> {
+    Statement::Match(Match {
+        left,
+        right,
+        op: Operator::EQ,
+    })
+}
+
+fn is_not(left: Expression<'static>, right: Expression<'static>) -> Statement<'static> {
+    Statement::Match(Match {
+        left,
+        right,
+        op: Operator::NEQ,
+    })
+}
+
+fn one_of(left: Expression<'static>, items: Vec<Expression<'static>>) -> Statement<'static> {
+    Statement::Match(Match {
+        left,
+        right: Expression::Named(NamedExpression::Set(
+            items.into_iter().map(SetItem::Element).collect(),
+        )),
+        op: Operator::IN,
+    })
+}
+
+fn s(v: impl Into<String>) -> Expression<'static> {
+    Expression::String(Cow::Owned(v.into()))
+}
+
+fn ports(p: &[u16]) -> Expression<'static> {
+    if let [one] = p {
+        Expression::Number(u32::from(*one))
+    } else {
+        Expression::Named(NamedExpression::Set(
+            p.iter()
+                .map(|n| SetItem::Element(Expression::Number(u32::from(*n))))
+                .collect(),
+        ))
+    }
+}
+
+fn net(n: ipnet::Ipv4Net) -> Expression<'static> {
+    Expression::Named(NamedExpression::Prefix(Prefix {
+        addr: Box::new(s(n.network().to_string())),
+        len: u32::from(n.prefix_len()),
+    }))
+}
+
+fn ct_state(states: &[&'static str]) -> Statement<'static> {
+    Statement::Match(Match {
+        left: Expression::Named(NamedExpression::CT(CT {
+            key: Cow::Borrowed("state"),
+            family: None,
+            dir: None,
+        })),
+        right: Expression::List(
+            states
+                .iter()
+                .map(|st| Expression::String(Cow::Borrowed(*st)))
+                .collect(),
+        ),
+        op: Operator::IN,
+    })
+}
+
+fn accept() -> Statement<'static> {
+    Statement::Accept(None)
+}
+
+fn jump(target: &'static str) -> Statement<'static> {
+    Statement::Jump(JumpTarget {
+        target: Cow::Borrowed(target),
+    })
+}
+
+struct Builder<'p> {
+    params: &'p FirewallParams,
+    objects: Vec<NfListObject<'static>>,
+}
+
+impl Builder<'_> {
+    fn chain(&mut self, name: &'static str, base: Option<(NfChainType, NfHook, i32)>) {
+        let (ty, hook, prio) = match base {
+            Some((t, h, p)) => (Some(t), Some(h), Some(p)),
+            None => (None, None, None),
+        };
+        self.objects.push(NfListObject::Chain(Chain {
+            family: NfFamily::INet,
+            table: Cow::Owned(self.params.table.clone()),
+            name: Cow::Borrowed(name),
+            _type: ty,
+            hook,
+            prio,
+            policy: base.map(|_| NfChainPolicy::Accept),
+            ..Chain::default()
+        }));
+    }
+
+    fn rule(
+        &mut self,
+        chain: &'static str,
+        expr: Vec<Statement<'static>>,
+        comment: Option<String>,
+    ) {
+        self.objects.push(NfListObject::Rule(Rule {
+            family: NfFamily::INet,
+            table: Cow::Owned(self.params.table.clone()),
+            chain: Cow::Borrowed(chain),
+            expr: Cow::Owned(expr),
+            handle: None,
+            index: None,
+            comment: comment.map(Cow::Owned),
+        }));
+    }
+}
+
+/// The compiled ruleset: the JSON document `nft -j -f` takes, and its fingerprint.
+#[derive(Debug, Clone)]
+pub struct Ruleset {
+    pub nftables: Nftables<'static>,
+    pub fingerprint: String,
+}
+
+impl Ruleset {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(&self.nftables).expect("nftables schema serializes")
+    }
+}
+
+/// Compiles the policy into the `inet <table>` ruleset.
+pub fn compile(policy: &Policy, params: &FirewallParams) -> Ruleset {
+    let agent = || s(params.agent_iface.clone());
+    let mut b = Builder {
+        params,
+        objects: Vec::new(),
+    };
+
+    // Base chains. Everything not arriving on the agent interface is left alone.
+    b.chain(
+        "prerouting",
+        Some((NfChainType::NAT, NfHook::Prerouting, -100)),
+    );
+    b.chain("input", Some((NfChainType::Filter, NfHook::Input, 0)));
+    b.chain("forward", Some((NfChainType::Filter, NfHook::Forward, 0)));
+    b.chain(
+        "postrouting",
+        Some((NfChainType::NAT, NfHook::Postrouting, 100)),
+    );
+    b.chain("agent_in", None);
+    b.chain("agent_fwd", None);
+    b.chain("reject_agent", None);
+
+    // 2. Redirect proxied ports on the synthetic pool to the transparent proxy.
+    let proxied = policy.proxied_ports();
+    if !proxied.is_empty() {
+        b.rule(
+            "prerouting",
+            vec![
+                is(meta(MetaKey::Iifname), agent()),
+                is(field("ip", "daddr"), net(policy.dns.synthetic_pool)),
+                is(field("tcp", "dport"), ports(&proxied)),
+                Statement::Redirect(Some(NAT {
+                    addr: None,
+                    family: None,
+                    port: Some(Expression::Number(u32::from(params.transparent_port))),
+                    flags: None,
+                })),
+            ],
+            Some("synthetic pool to the transparent proxy".into()),
+        );
+    }
+
+    // input: the fingerprint rides on the dispatch rule's comment.
+    b.rule(
+        "input",
+        vec![is(meta(MetaKey::Iifname), agent()), jump("agent_in")],
+        None,
+    );
+
+    // 1. What the agent may reach on the firewall itself.
+    b.rule(
+        "agent_in",
+        vec![ct_state(&["established", "related"]), accept()],
+        None,
+    );
+    b.rule(
+        "agent_in",
+        vec![
+            is(meta(MetaKey::Nfproto), s("ipv6")),
+            is(meta(MetaKey::L4proto), s("ipv6-icmp")),
+            one_of(
+                field("icmpv6", "type"),
+                vec![s("nd-neighbor-solicit"), s("nd-neighbor-advert")],
+            ),
+            accept(),
+        ],
+        Some("IPv6 neighbour discovery only, so v6 fails fast instead of timing out".into()),
+    );
+    let listen = || s(params.listen.to_string());
+    b.rule(
+        "agent_in",
+        vec![
+            is(field("ip", "daddr"), listen()),
+            is(
+                field("udp", "dport"),
+                Expression::Number(params.dns_port.into()),
+            ),
+            accept(),
+        ],
+        Some("DNS".into()),
+    );
+    let mut tcp_ports = vec![
+        params.dns_port,
+        params.transparent_port,
+        params.explicit_port,
+    ];
+    tcp_ports.sort_unstable();
+    tcp_ports.dedup();
+    b.rule(
+        "agent_in",
+        vec![
+            is(field("ip", "daddr"), listen()),
+            is(field("tcp", "dport"), ports(&tcp_ports)),
+            accept(),
+        ],
+        Some("DNS over TCP, transparent and explicit proxy".into()),
+    );
+    b.rule("agent_in", vec![jump("reject_agent")], None);
+
+    // 3. Forwarding: only to cidr entries; return traffic to the agent only when established.
+    b.rule(
+        "forward",
+        vec![is(meta(MetaKey::Iifname), agent()), jump("agent_fwd")],
+        None,
+    );
+    b.rule(
+        "forward",
+        vec![
+            is(meta(MetaKey::Oifname), agent()),
+            ct_state(&["established", "related"]),
+            accept(),
+        ],
+        None,
+    );
+    b.rule(
+        "forward",
+        vec![is(meta(MetaKey::Oifname), agent()), Statement::Drop(None)],
+        Some("nothing new is forwarded towards the agent".into()),
+    );
+    b.rule(
+        "agent_fwd",
+        vec![ct_state(&["established", "related"]), accept()],
+        None,
+    );
+    for c in &policy.cidr {
+        let proto = match c.protocol {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        };
+        b.rule(
+            "agent_fwd",
+            vec![
+                is(field("ip", "daddr"), net(c.net)),
+                is(field(proto, "dport"), ports(&c.ports)),
+                accept(),
+            ],
+            Some(c.origin.to_string()),
+        );
+    }
+    b.rule("agent_fwd", vec![jump("reject_agent")], None);
+    if !policy.cidr.is_empty() {
+        b.rule(
+            "postrouting",
+            vec![
+                is(meta(MetaKey::Iifname), agent()),
+                is_not(meta(MetaKey::Oifname), agent()),
+                Statement::Masquerade(None),
+            ],
+            Some("routed cidr traffic leaves with the firewall's address".into()),
+        );
+    }
+
+    // 4. Reject fast, log at a bounded rate.
+    b.rule(
+        "reject_agent",
+        vec![
+            Statement::Limit(Limit {
+                rate: 10,
+                rate_unit: Some(Cow::Borrowed("packets")),
+                per: Some(Cow::Borrowed("second")),
+                burst: Some(20),
+                burst_unit: Some(Cow::Borrowed("packets")),
+                inv: None,
+            }),
+            Statement::Log(Some(Log {
+                prefix: Some(Cow::Borrowed(LOG_PREFIX)),
+                level: Some(LogLevel::Info),
+                ..Log::new(None)
+            })),
+        ],
+        None,
+    );
+    b.rule(
+        "reject_agent",
+        vec![
+            is(meta(MetaKey::L4proto), s("tcp")),
+            Statement::Reject(Some(Reject::new(Some(RejectType::TCPReset), None))),
+        ],
+        None,
+    );
+    b.rule(
+        "reject_agent",
+        vec![Statement::Reject(Some(Reject::new(
+            Some(RejectType::ICMPX),
+            Some(RejectCode::AdminProhibited),
+        )))],
+        None,
+    );
+
+    // Fingerprint over everything but itself, then attach it.
+    let body = serde_json::to_vec(&b.objects).expect("nftables schema serializes");
+    let mut hasher = Sha256::new();
+    hasher.update(params.table.as_bytes());
+    hasher.update(&body);
+    let fingerprint: String = hasher
+        .finalize()
+        .iter()
+        .take(12)
+        .map(|x| format!("{x:02x}"))
+        .collect();
+    for obj in &mut b.objects {
+        if let NfListObject::Rule(r) = obj
+            && r.chain == "input"
+        {
+            r.comment = Some(Cow::Owned(format!("{FINGERPRINT_PREFIX}{fingerprint}")));
+        }
+    }
+
+    let table = || Table {
+        family: NfFamily::INet,
+        name: Cow::Owned(params.table.clone()),
+        handle: None,
+    };
+    let mut batch = Batch::new();
+    batch.add(NfListObject::Table(table()));
+    batch.delete(NfListObject::Table(table()));
+    batch.add(NfListObject::Table(table()));
+    for obj in b.objects {
+        batch.add(obj);
+    }
+    Ruleset {
+        nftables: batch.to_nftables(),
+        fingerprint,
+    }
+}
+
+/// Failure to run or satisfy `nft`.
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    #[error(
+        "cannot run `{program}`: {source} (install nftables, e.g. `apt-get install nftables`, or pass the path of nft)"
+    )]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("`{program}` refused the ruleset: {stderr}")]
+    Refused { program: String, stderr: String },
+}
+
+/// What [`apply`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The kernel already had exactly this ruleset; nothing was sent.
+    Unchanged,
+    /// The table was replaced in one transaction.
+    Replaced,
+}
+
+fn run_nft(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, NftError> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| NftError::Spawn {
+            program: program.into(),
+            source,
+        })?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes())
+            .map_err(|source| NftError::Spawn {
+                program: program.into(),
+                source,
+            })?;
+    }
+    let out = child.wait_with_output().map_err(|source| NftError::Spawn {
+        program: program.into(),
+        source,
+    })?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(NftError::Refused {
+            program: program.into(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+/// The fingerprint of the `inet <table>` currently in the kernel, if it is ours.
+pub fn current_fingerprint(program: &str, table: &str) -> Option<String> {
+    let out = run_nft(program, &["-j", "list", "table", "inet", table], None).ok()?;
+    let doc: serde_json::Value = serde_json::from_str(&out).ok()?;
+    doc.get("nftables")?.as_array()?.iter().find_map(|o| {
+        let comment = o.get("rule")?.get("comment")?.as_str()?;
+        comment.strip_prefix(FINGERPRINT_PREFIX).map(str::to_string)
+    })
+}
+
+/// Checks the ruleset with `nft -c` without touching the kernel's rules.
+pub fn check(program: &str, ruleset: &Ruleset) -> Result<(), NftError> {
+    run_nft(program, &["-c", "-j", "-f", "-"], Some(&ruleset.to_json())).map(|_| ())
+}
+
+/// Applies the ruleset atomically; a no-op when the kernel already has it.
+pub fn apply(program: &str, ruleset: &Ruleset, table: &str) -> Result<Applied, NftError> {
+    if current_fingerprint(program, table).as_deref() == Some(ruleset.fingerprint.as_str()) {
+        return Ok(Applied::Unchanged);
+    }
+    run_nft(program, &["-j", "-f", "-"], Some(&ruleset.to_json()))?;
+    Ok(Applied::Replaced)
+}
+
+/// Removes the table (used on shutdown of the jail and by tests).
+pub fn remove(program: &str, table: &str) -> Result<(), NftError> {
+    run_nft(program, &["delete", "table", "inet", table], None).map(|_| ())
+}
