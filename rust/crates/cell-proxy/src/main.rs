@@ -1,1 +1,215 @@
-fn main() {}
+//! `cell-proxy`: the firewall daemon. See `cell-proxy --help`.
+
+mod dns;
+mod events;
+mod state;
+mod synth;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use cell_policy::Policy;
+use cell_policy::nft::{self, FirewallParams};
+use clap::Parser;
+use hickory_server::Server;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::events::{EventLog, Sink, event};
+use crate::state::{Sources, State};
+
+const AFTER_HELP: &str = "\
+Examples:
+  Validate a policy (what the Nix build does):
+    cell-proxy --check --policy policy.json
+
+  Show the nftables ruleset a policy compiles to:
+    cell-proxy --print-ruleset --policy policy.json --agent-iface eth1 --listen 10.89.0.1
+
+  Run on the firewall VM (needs CAP_NET_ADMIN for nftables, CAP_NET_BIND_SERVICE for port 53):
+    cell-proxy --policy /etc/cell/policy.json --overlay /var/lib/cell/overlay.json \\
+               --agent-iface eth1 --listen 10.89.0.1 --events /var/log/cell/events.jsonl
+
+Reload: send SIGHUP after changing the policy or overlay. An invalid document is refused
+with the reason in the event log, and the running policy stays in force.
+If the daemon stops, its nftables rules stay: the agent's traffic fails closed.";
+
+/// The cell firewall daemon: answers the agent's DNS from the allowlist with
+/// synthetic addresses, and owns the nftables rules that send everything else
+/// the agent tries to a fast reject.
+#[derive(Parser, Debug)]
+#[command(version, about, after_help = AFTER_HELP)]
+struct Cli {
+    /// Base policy document (JSON, format in docs/policy.md).
+    #[arg(long, env = "CELL_POLICY", value_name = "FILE")]
+    policy: PathBuf,
+
+    /// Live overlay merged over the base (written by `cell allow`); a missing file counts as empty.
+    #[arg(long, value_name = "FILE")]
+    overlay: Option<PathBuf>,
+
+    /// Validate the policy and overlay, print a summary, and exit (1 with every problem listed).
+    #[arg(long, conflicts_with = "print_ruleset")]
+    check: bool,
+
+    /// Print the compiled nftables ruleset (the JSON `nft -j -f` takes) and exit.
+    #[arg(long)]
+    print_ruleset: bool,
+
+    /// Interface facing the agent; the only one the rules restrict.
+    #[arg(long, value_name = "NAME", required_unless_present = "check")]
+    agent_iface: Option<String>,
+
+    /// The firewall's IPv4 address on the agent link; DNS and the proxies listen here.
+    #[arg(long, value_name = "ADDR", required_unless_present = "check")]
+    listen: Option<Ipv4Addr>,
+
+    #[arg(long, default_value_t = 53, value_name = "PORT")]
+    dns_port: u16,
+
+    /// Where redirected agent TCP arrives.
+    #[arg(long, default_value_t = 15001, value_name = "PORT")]
+    transparent_port: u16,
+
+    /// HTTP CONNECT / absolute-URI proxy for clients that honour HTTPS_PROXY.
+    #[arg(long, default_value_t = 3128, value_name = "PORT")]
+    explicit_port: u16,
+
+    /// nftables table (family inet) owned by this daemon.
+    #[arg(long, default_value = "cell", value_name = "NAME")]
+    table: String,
+
+    /// The nft binary.
+    #[arg(long, default_value = "nft", value_name = "PATH")]
+    nft: String,
+
+    /// Leave nftables alone (something else installs the rules).
+    #[arg(long)]
+    no_firewall: bool,
+
+    /// Event log: a file to append JSON lines to, or `-` for standard output.
+    #[arg(long, default_value = "-", value_name = "FILE|-")]
+    events: Sink,
+}
+
+impl Cli {
+    fn params(&self) -> Option<FirewallParams> {
+        Some(FirewallParams {
+            table: self.table.clone(),
+            agent_iface: self.agent_iface.clone()?,
+            listen: self.listen?,
+            dns_port: self.dns_port,
+            transparent_port: self.transparent_port,
+            explicit_port: self.explicit_port,
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CELL_LOG")
+                .unwrap_or_else(|_| "info,hickory=warn".into()),
+        )
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cell-proxy: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    if cli.check {
+        let policy = Policy::load(&cli.policy, cli.overlay.as_deref())?;
+        println!(
+            "{}: valid — {} https, {} tcp, {} cidr, {} deny, {} forward entries; pool {}",
+            cli.policy.display(),
+            policy.https.len(),
+            policy.tcp.len(),
+            policy.cidr.len(),
+            policy.deny.len(),
+            policy.dns.forward.len(),
+            policy.dns.synthetic_pool
+        );
+        return Ok(());
+    }
+    let params = cli
+        .params()
+        .context("--agent-iface and --listen are required")?;
+    if cli.print_ruleset {
+        let policy = Policy::load(&cli.policy, cli.overlay.as_deref())?;
+        println!("{}", nft::compile(&policy, &params).to_json());
+        return Ok(());
+    }
+    let events = EventLog::open(&cli.events)?;
+    let sources = Sources {
+        policy: cli.policy.clone(),
+        overlay: cli.overlay.clone(),
+        firewall: (!cli.no_firewall).then(|| (cli.nft.clone(), params.clone())),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(sources, events, params))
+}
+
+async fn serve(sources: Sources, events: EventLog, params: FirewallParams) -> anyhow::Result<()> {
+    let state = State::start(sources, events.clone()).context("loading the policy")?;
+    let policy = state.policy();
+    let dns_addr = SocketAddr::from((params.listen, params.dns_port));
+    let udp = tokio::net::UdpSocket::bind(dns_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "binding DNS (UDP) on {dns_addr}; is the address configured on {}?",
+                params.agent_iface
+            )
+        })?;
+    let tcp = tokio::net::TcpListener::bind(dns_addr)
+        .await
+        .with_context(|| format!("binding DNS (TCP) on {dns_addr}"))?;
+    let mut server = Server::new(dns::DnsHandler::new(
+        state.clone(),
+        policy.limits.dns_concurrency as usize,
+    ));
+    server.register_socket(udp);
+    server.register_listener(
+        tcp,
+        Duration::from_secs(policy.limits.dns_tcp_idle_secs.into()),
+        64,
+    );
+    tracing::info!(%dns_addr, "cell-proxy ready");
+    events.emit(event("ready", [("dns", dns_addr.to_string().into())]));
+
+    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                let st = Arc::clone(&state);
+                // Reload runs nft (a child process): keep it off the async workers.
+                let _ = tokio::task::spawn_blocking(move || st.reload("sighup")).await;
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("shutting down; firewall rules stay in place (fail closed)");
+    let _ = tokio::time::timeout(Duration::from_secs(2), server.shutdown_gracefully()).await;
+    events.emit(event("stopped", []));
+    // Give the event writer a moment to flush the last line.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    Ok(())
+}

@@ -1,0 +1,160 @@
+//! Shared daemon state: the effective policy, the synthetic table, the
+//! upstream forwarder, and the reload that swaps them.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use cell_policy::Policy;
+use cell_policy::nft::{self, Applied, FirewallParams};
+use serde_json::Value;
+
+use crate::dns::Forwarder;
+use crate::events::{EventLog, event};
+use crate::synth::SyntheticTable;
+
+/// Where the policy comes from and whether we own the firewall rules.
+pub struct Sources {
+    pub policy: PathBuf,
+    pub overlay: Option<PathBuf>,
+    /// `None`: do not touch nftables (`--no-firewall`).
+    pub firewall: Option<(String, FirewallParams)>,
+}
+
+pub struct State {
+    policy: RwLock<Arc<Policy>>,
+    pub table: Mutex<SyntheticTable>,
+    forwarder: RwLock<Option<Arc<Forwarder>>>,
+    pub events: EventLog,
+    pub sources: Sources,
+}
+
+fn forwarder_for(policy: &Policy) -> Option<Arc<Forwarder>> {
+    let timeout = Duration::from_millis(policy.limits.dns_upstream_timeout_ms.into());
+    match Forwarder::new(&policy.dns.upstream, timeout) {
+        Ok(f) => Some(Arc::new(f)),
+        Err(e) => {
+            tracing::warn!(
+                "no upstream resolver ({e:#}); `dns.forward` names will get SERVFAIL. Set `dns.upstream`."
+            );
+            None
+        }
+    }
+}
+
+fn table_for(policy: &Policy) -> SyntheticTable {
+    SyntheticTable::new(policy.dns.synthetic_pool, policy.limits.dns_names as usize)
+}
+
+/// Applies the firewall ruleset for `policy`, if we own the firewall.
+fn apply_firewall(sources: &Sources, policy: &Policy) -> anyhow::Result<Option<(Applied, String)>> {
+    let Some((program, params)) = &sources.firewall else {
+        return Ok(None);
+    };
+    let ruleset = nft::compile(policy, params);
+    let applied = nft::apply(program, &ruleset, &params.table)?;
+    Ok(Some((applied, ruleset.fingerprint)))
+}
+
+fn firewall_fields(fw: &Option<(Applied, String)>) -> [(&'static str, Value); 2] {
+    match fw {
+        Some((applied, fp)) => [
+            (
+                "nft",
+                Value::from(if *applied == Applied::Unchanged {
+                    "unchanged"
+                } else {
+                    "replaced"
+                }),
+            ),
+            ("fingerprint", Value::from(fp.as_str())),
+        ],
+        None => [
+            ("nft", Value::from("not-managed")),
+            ("fingerprint", Value::Null),
+        ],
+    }
+}
+
+impl State {
+    /// Loads the policy and applies the firewall; any failure here stops the daemon.
+    pub fn start(sources: Sources, events: EventLog) -> anyhow::Result<Arc<State>> {
+        let policy = Policy::load(&sources.policy, sources.overlay.as_deref())?;
+        let fw = apply_firewall(&sources, &policy)?;
+        let [a, b] = firewall_fields(&fw);
+        events.emit(event(
+            "policy",
+            [
+                ("decision", "applied".into()),
+                ("cause", "start".into()),
+                a,
+                b,
+            ],
+        ));
+        Ok(Arc::new(State {
+            table: Mutex::new(table_for(&policy)),
+            forwarder: RwLock::new(forwarder_for(&policy)),
+            policy: RwLock::new(Arc::new(policy)),
+            events,
+            sources,
+        }))
+    }
+
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.read().expect("policy lock").clone()
+    }
+
+    pub fn forwarder(&self) -> Option<Arc<Forwarder>> {
+        self.forwarder.read().expect("forwarder lock").clone()
+    }
+
+    /// Re-reads policy and overlay. An invalid document, or a ruleset the
+    /// kernel refuses, leaves the running policy and rules exactly as they
+    /// were and reports why.
+    pub fn reload(&self, cause: &str) -> bool {
+        let refused = |why: String| {
+            tracing::error!("policy reload refused, keeping the running policy: {why}");
+            self.events.emit(event(
+                "policy",
+                [
+                    ("decision", "refused".into()),
+                    ("cause", cause.into()),
+                    ("reason", why.into()),
+                ],
+            ));
+            false
+        };
+        let new = match Policy::load(&self.sources.policy, self.sources.overlay.as_deref()) {
+            Ok(p) => p,
+            Err(e) => return refused(e.to_string()),
+        };
+        let fw = match apply_firewall(&self.sources, &new) {
+            Ok(fw) => fw,
+            Err(e) => return refused(format!("{e:#}")),
+        };
+        let old = self.policy();
+        if old.dns.synthetic_pool != new.dns.synthetic_pool
+            || old.limits.dns_names != new.limits.dns_names
+        {
+            *self.table.lock().expect("table lock") = table_for(&new);
+        }
+        if old.dns.upstream != new.dns.upstream
+            || old.limits.dns_upstream_timeout_ms != new.limits.dns_upstream_timeout_ms
+        {
+            *self.forwarder.write().expect("forwarder lock") = forwarder_for(&new);
+        }
+        *self.policy.write().expect("policy lock") = Arc::new(new);
+        let [a, b] = firewall_fields(&fw);
+        self.events.emit(event(
+            "policy",
+            [
+                ("decision", "applied".into()),
+                ("cause", cause.into()),
+                a,
+                b,
+            ],
+        ));
+        tracing::info!(cause, "policy reloaded");
+        true
+    }
+}
