@@ -164,8 +164,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     runtime.block_on(serve(sources, events, params))
 }
 
+/// The kernel limits ICMP errors per destination (1/s after a small burst) unless
+/// told otherwise; the agent is the only destination of our rejects, so with the
+/// limit on, its UDP and ping attempts would time out instead of failing fast.
+fn warn_on_icmp_ratelimit() {
+    for (path, name) in [
+        (
+            "/proc/sys/net/ipv4/icmp_ratelimit",
+            "net.ipv4.icmp_ratelimit",
+        ),
+        (
+            "/proc/sys/net/ipv6/icmp/ratelimit",
+            "net.ipv6.icmp.ratelimit",
+        ),
+    ] {
+        if let Ok(v) = std::fs::read_to_string(path)
+            && v.trim() != "0"
+        {
+            tracing::warn!(
+                "{name} is {}: rejected UDP and ICMP from the agent may time out instead of failing fast; set {name}=0",
+                v.trim()
+            );
+        }
+    }
+}
+
 async fn serve(sources: Sources, events: EventLog, params: FirewallParams) -> anyhow::Result<()> {
     let state = State::start(sources, events.clone()).context("loading the policy")?;
+    warn_on_icmp_ratelimit();
     let policy = state.policy();
     let dns_addr = SocketAddr::from((params.listen, params.dns_port));
     let udp = tokio::net::UdpSocket::bind(dns_addr)

@@ -1,0 +1,141 @@
+//! Named network namespaces that remove themselves on drop.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::process::{Command, Output, Stdio};
+
+use anyhow::{Context, bail};
+use nix::sched::{CloneFlags, setns};
+
+/// Runs a command and fails with its stderr when it fails.
+pub fn sh<I, S>(program: &str, args: I) -> anyhow::Result<Output>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let args: Vec<_> = args
+        .into_iter()
+        .map(|a| a.as_ref().to_os_string())
+        .collect();
+    let out = Command::new(program)
+        .args(&args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {program} (is it installed?)"))?;
+    if !out.status.success() {
+        bail!(
+            "`{program} {}` failed: {}",
+            args.iter()
+                .map(|a| a.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out)
+}
+
+/// A named network namespace (`ip netns add`), deleted on drop together with
+/// every process still inside it.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    pub fn create(name: &str) -> anyhow::Result<Self> {
+        sh("ip", ["netns", "add", name]).context("creating a network namespace (needs root)")?;
+        let ns = Netns {
+            name: name.to_string(),
+        };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `ip netns exec <ns> <program> <args>` as a command to configure further.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+
+    /// Runs a program inside the namespace; fails with its stderr.
+    pub fn exec(&self, program: &str, args: &[&str]) -> anyhow::Result<Output> {
+        let mut all = vec!["netns", "exec", &self.name, program];
+        all.extend_from_slice(args);
+        sh("ip", all)
+    }
+
+    /// `ip <args>` inside the namespace.
+    pub fn ip(&self, args: &[&str]) -> anyhow::Result<Output> {
+        let mut all = vec!["-n", &self.name];
+        all.extend_from_slice(args);
+        sh("ip", all)
+    }
+
+    /// Runs `f` on a fresh thread that has entered this namespace. Sockets
+    /// created there stay in this namespace for their whole life, wherever
+    /// they are used afterwards.
+    pub fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let path = format!("/run/netns/{}", self.name);
+        let file = File::open(&path).with_context(|| format!("opening {path}"))?;
+        std::thread::spawn(move || {
+            setns(&file, CloneFlags::CLONE_NEWNET).context("entering the namespace")?;
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("thread inside namespace panicked"))?
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Kill whatever is left inside, then remove the namespace.
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+        {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                if let Ok(pid) = pid.parse::<i32>() {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Removes namespaces left by lab runs whose process is gone (after a
+/// SIGKILL, say). Returns their names.
+pub fn gc() -> anyhow::Result<Vec<String>> {
+    let out = sh("ip", ["netns", "list"])?;
+    let mut removed = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        let Some(rest) = name.strip_prefix(crate::lab::NS_PREFIX) else {
+            continue;
+        };
+        let pid: Option<i32> = rest.split('-').next().and_then(|p| p.parse().ok());
+        let alive = pid.is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+        if !alive {
+            drop(Netns {
+                name: name.to_string(),
+            });
+            removed.push(name.to_string());
+        }
+    }
+    Ok(removed)
+}
