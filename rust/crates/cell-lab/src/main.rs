@@ -10,7 +10,7 @@ use cell_lab::Lab;
 use cell_lab::lab::{self, WEB_V4, fw_dns};
 use cell_lab::probe::{self, Transport};
 use clap::{Parser, Subcommand};
-use hickory_proto::op::Message;
+use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{RData, RecordType};
 
 const SAMPLE_POLICY: &str = r#"{
@@ -173,7 +173,11 @@ fn describe(m: &Message) -> String {
             _ => None,
         })
         .collect();
-    let mut s = format!("{}", m.metadata.response_code);
+    let mut s = match m.metadata.response_code {
+        ResponseCode::NoError => "NOERROR".to_string(),
+        ResponseCode::NXDomain => "NXDOMAIN".to_string(),
+        other => other.to_string(),
+    };
     if !addrs.is_empty() {
         s.push_str(&format!(" {}", addrs.join(", ")));
     }
@@ -229,7 +233,7 @@ fn demo(args: ProxyArgs) -> anyhow::Result<()> {
     ];
     for (what, addr) in cases {
         let p = probe::tcp(&lab.agent, addr, Duration::from_secs(3))?;
-        println!("  tcp {what:<40} {:?} after {:?}", p.outcome, p.elapsed);
+        println!("  tcp  {what:<48} {:?} after {:?}", p.outcome, p.elapsed);
     }
     if let Some(ip) = synthetic {
         let p = probe::udp(
@@ -246,7 +250,7 @@ fn demo(args: ProxyArgs) -> anyhow::Result<()> {
         );
     }
     let (ping, took) = probe::ping(&lab.agent, WEB_V4, Duration::from_secs(3))?;
-    println!("  icmp {:<39} {ping:?} after {took:?}", "echo 203.0.113.10");
+    println!("  icmp {:<48} {ping:?} after {took:?}", "echo 203.0.113.10");
     let wire = lab.wire()?;
     println!(
         "\nPackets that reached the internet side: {} to the resolver, {} other",

@@ -155,7 +155,7 @@ impl fmt::Display for DenyReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DenyReason::NoRule => f.write_str("no-rule"),
-            DenyReason::DeniedBy(o) => write!(f, "{o}"),
+            DenyReason::DeniedBy(_) => f.write_str("deny-entry"),
             DenyReason::InvalidName => f.write_str("invalid-name"),
         }
     }

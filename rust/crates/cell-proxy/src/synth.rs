@@ -153,7 +153,11 @@ mod tests {
         );
         assert_eq!(t.name_of(keep), Some("keep.example"));
         let again = t.assign("n0.example");
-        assert_eq!(t.name_of(again), Some("n0.example"), "an evicted name gets an address again");
+        assert_eq!(
+            t.name_of(again),
+            Some("n0.example"),
+            "an evicted name gets an address again"
+        );
     }
 
     #[test]
