@@ -18,19 +18,19 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// An authoritative server for test zones that logs every question it receives.
 #[derive(Clone, Default)]
 pub struct FakeResolver {
-    records: Arc<HashMap<String, Ipv4Addr>>,
+    records: Arc<HashMap<String, Vec<Ipv4Addr>>>,
     log: Arc<Mutex<Vec<(String, RecordType)>>>,
 }
 
 impl FakeResolver {
+    /// A name listed several times gets several A records.
     pub fn new(records: &[(&str, Ipv4Addr)]) -> Self {
+        let mut map: HashMap<String, Vec<Ipv4Addr>> = HashMap::new();
+        for (n, a) in records {
+            map.entry(n.to_ascii_lowercase()).or_default().push(*a);
+        }
         FakeResolver {
-            records: Arc::new(
-                records
-                    .iter()
-                    .map(|(n, a)| (n.to_ascii_lowercase(), *a))
-                    .collect(),
-            ),
+            records: Arc::new(map),
             log: Arc::default(),
         }
     }
@@ -82,8 +82,12 @@ impl RequestHandler for FakeResolver {
                     .expect("log lock")
                     .push((key.clone(), qtype));
                 match self.records.get(&key) {
-                    Some(addr) if qtype == RecordType::A => {
-                        records.push(Record::from_rdata(name, 30, RData::A(A(*addr))));
+                    Some(addrs) if qtype == RecordType::A => {
+                        records.extend(
+                            addrs
+                                .iter()
+                                .map(|a| Record::from_rdata(name.clone(), 30, RData::A(A(*a)))),
+                        );
                     }
                     Some(_) => {}
                     None => metadata.response_code = ResponseCode::NXDomain,

@@ -195,12 +195,27 @@ pub fn dns_name(
     qtype: RecordType,
     transport: Transport,
 ) -> anyhow::Result<Message> {
+    dns_query(ns, server, name, qtype, transport, Some(1232))
+}
+
+/// The general form: `edns_payload` is the advertised UDP size, `None` for a
+/// query without EDNS (the 512-byte limit of RFC 1035).
+pub fn dns_query(
+    ns: &Netns,
+    server: SocketAddr,
+    name: Name,
+    qtype: RecordType,
+    transport: Transport,
+    edns_payload: Option<u16>,
+) -> anyhow::Result<Message> {
     let mut msg = Message::new(rand_id(), MessageType::Query, OpCode::Query);
     msg.add_query(Query::query(name, qtype));
     msg.metadata.recursion_desired = true;
-    let mut edns = Edns::new();
-    edns.set_max_payload(1232);
-    msg.set_edns(edns);
+    if let Some(size) = edns_payload {
+        let mut edns = Edns::new();
+        edns.set_max_payload(size);
+        msg.set_edns(edns);
+    }
     let wire = msg.to_vec()?;
     let id = msg.metadata.id;
     let timeout = Duration::from_secs(3);

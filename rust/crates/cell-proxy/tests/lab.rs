@@ -265,6 +265,44 @@ fn forward_names_get_real_addresses_for_a_only() {
     );
 }
 
+/// An answer too big for a plain 512-byte UDP reply comes back truncated
+/// (TC set) over UDP, and whole over TCP.
+#[test]
+fn large_answers_truncate_over_udp_and_complete_over_tcp() {
+    let many: Vec<(&str, Ipv4Addr)> = (1..=60)
+        .map(|i| ("big.fwd.test", Ipv4Addr::new(203, 0, 113, i)))
+        .collect();
+    let Some((lab, ..)) = lab_with(
+        r#"{"dns":{"upstream":["192.0.2.53"],"forward":["*.fwd.test"]}}"#,
+        &many,
+    ) else {
+        return;
+    };
+    let name: hickory_proto::rr::Name = "big.fwd.test.".parse().unwrap();
+    let udp = probe::dns_query(
+        &lab.agent,
+        fw_dns(),
+        name.clone(),
+        RecordType::A,
+        Transport::Udp,
+        None,
+    )
+    .unwrap();
+    assert!(udp.metadata.truncation, "60 A records do not fit 512 bytes");
+    assert!(udp.answers.len() < 60);
+    let tcp = probe::dns_query(
+        &lab.agent,
+        fw_dns(),
+        name,
+        RecordType::A,
+        Transport::Tcp,
+        None,
+    )
+    .unwrap();
+    assert!(!tcp.metadata.truncation);
+    assert_eq!(addrs(&tcp).len(), 60);
+}
+
 /// Direct addresses, other DNS servers, UDP 443 (QUIC), IPv6, ICMP, other
 /// firewall ports, unlisted ports on pool addresses: each fails fast (reset
 /// or ICMP admin-prohibited, never a timeout), and the internet saw nothing.
