@@ -91,6 +91,8 @@ pub struct Lab {
     pub internet: Netns,
     pub dir: PathBuf,
     pub resolver: FakeResolver,
+    /// The fake internet's CA; `cell-proxy` trusts it for upstream servers.
+    pub internet_ca: crate::https::TestCa,
     runtime: tokio::runtime::Runtime,
     proxy: Option<Proxy>,
 }
@@ -117,6 +119,8 @@ impl Lab {
             .enable_all()
             .build()
             .context("lab runtime")?;
+        let internet_ca = crate::https::TestCa::new()?;
+        std::fs::write(dir.join("internet-ca.pem"), &internet_ca.pem)?;
         let mut lab = Lab {
             id,
             agent,
@@ -124,6 +128,7 @@ impl Lab {
             internet,
             dir,
             resolver: FakeResolver::default(),
+            internet_ca,
             runtime,
             proxy: None,
         };
@@ -318,6 +323,52 @@ impl Lab {
         Ok(rec)
     }
 
+    /// The fake HTTPS server on 203.0.113.10:443, one certificate per name.
+    pub fn https_server(
+        &self,
+        names: &[(&str, crate::https::CertKind)],
+    ) -> anyhow::Result<crate::https::FakeHttps> {
+        let addr = crate::https::addr();
+        let l = self
+            .internet
+            .run(move || std::net::TcpListener::bind(addr))??;
+        let server = crate::https::FakeHttps::default();
+        let _guard = self.runtime.enter();
+        server.serve(l, &self.internet_ca, names)?;
+        Ok(server)
+    }
+
+    /// The cell CA certificate the running proxy created (what the agent trusts).
+    pub fn cell_ca_pem(&self) -> anyhow::Result<String> {
+        let p = self.dir.join("state/ca.crt");
+        std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
+    }
+
+    /// A TCP connection from the agent namespace.
+    pub fn agent_connect(&self, addr: SocketAddr) -> anyhow::Result<std::net::TcpStream> {
+        Ok(self
+            .agent
+            .run(move || std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)))??)
+    }
+
+    /// Runs a future on the lab's runtime (where the fake internet lives).
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.runtime.block_on(f)
+    }
+
+    /// The proxy's peak resident memory (VmHWM), bytes.
+    pub fn proxy_peak_rss(&self) -> anyhow::Result<u64> {
+        let p = self.proxy.as_ref().context("proxy not started")?;
+        let status = std::fs::read_to_string(format!("/proc/{}/status", p.child.id()))?;
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .context("VmHWM")?;
+        Ok(kb * 1024)
+    }
+
     /// Packet counters of the internet side.
     pub fn wire(&self) -> anyhow::Result<Wire> {
         let read = |name: &str| -> anyhow::Result<u64> {
@@ -410,6 +461,10 @@ impl Lab {
         ])
         .arg("--events")
         .arg(self.events_path())
+        .arg("--state-dir")
+        .arg(self.dir.join("state"))
+        .arg("--upstream-ca")
+        .arg(self.dir.join("internet-ca.pem"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);

@@ -9,6 +9,7 @@
 //! crash (SIGKILL), `cell-lab gc` removes what is left.
 
 pub mod fake;
+pub mod https;
 pub mod lab;
 pub mod netns;
 pub mod probe;

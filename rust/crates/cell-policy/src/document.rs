@@ -187,6 +187,43 @@ pub struct Limits {
     /// Timeout of one forwarded upstream query, milliseconds.
     #[serde(default = "default_upstream_timeout")]
     pub dns_upstream_timeout_ms: u32,
+    /// Most proxied connections open at once; more are reset.
+    #[serde(default = "default_proxy_connections")]
+    pub proxy_connections: u32,
+    /// Largest request or response head (all headers), bytes.
+    #[serde(default = "default_header_bytes")]
+    pub header_bytes: u32,
+    /// Time allowed for the client's TLS hello and handshake, milliseconds.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout_ms: u32,
+    /// A proxied connection with no traffic either way is closed after this, seconds.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u32,
+    /// Time allowed to connect (and TLS-handshake) upstream, milliseconds.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_ms: u32,
+    /// Minted leaf certificates kept in memory.
+    #[serde(default = "default_cert_cache")]
+    pub cert_cache: u32,
+}
+
+fn default_proxy_connections() -> u32 {
+    4096
+}
+fn default_header_bytes() -> u32 {
+    64 * 1024
+}
+fn default_handshake_timeout() -> u32 {
+    10_000
+}
+fn default_idle_timeout() -> u32 {
+    300
+}
+fn default_connect_timeout() -> u32 {
+    10_000
+}
+fn default_cert_cache() -> u32 {
+    1024
 }
 
 fn default_dns_names() -> u32 {
@@ -209,6 +246,12 @@ impl Default for Limits {
             dns_concurrency: default_dns_concurrency(),
             dns_tcp_idle_secs: default_dns_tcp_idle(),
             dns_upstream_timeout_ms: default_upstream_timeout(),
+            proxy_connections: default_proxy_connections(),
+            header_bytes: default_header_bytes(),
+            handshake_timeout_ms: default_handshake_timeout(),
+            idle_timeout_secs: default_idle_timeout(),
+            connect_timeout_ms: default_connect_timeout(),
+            cert_cache: default_cert_cache(),
         }
     }
 }

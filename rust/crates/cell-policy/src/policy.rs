@@ -707,13 +707,17 @@ impl Policy {
     }
 
     /// Every TCP port some host entry allows, sorted: the ports the firewall
-    /// redirects to the transparent proxy.
+    /// redirects to the transparent proxy. Port 80 is included whenever there
+    /// is an HTTPS entry, so that cleartext HTTP gets an answer saying HTTPS
+    /// is required instead of a bare reset.
     pub fn proxied_ports(&self) -> Vec<u16> {
+        let cleartext = (!self.https.is_empty()).then_some(80);
         let mut v: Vec<u16> = self
             .https
             .iter()
             .flat_map(|r| r.ports.iter().copied())
             .chain(self.tcp.iter().flat_map(|r| r.ports.iter().copied()))
+            .chain(cleartext)
             .collect();
         v.sort_unstable();
         v.dedup();
@@ -828,7 +832,7 @@ mod tests {
             p.resolve_name("other.example.com"),
             NameDecision::Deny(DenyReason::NoRule)
         ));
-        assert_eq!(p.proxied_ports(), vec![22, 443]);
+        assert_eq!(p.proxied_ports(), vec![22, 80, 443]);
     }
 
     #[test]
@@ -870,7 +874,7 @@ mod tests {
             p.connection("gist.github.com", 443),
             ConnDecision::Deny(_)
         ));
-        assert_eq!(p.proxied_ports(), vec![443, 8443]);
+        assert_eq!(p.proxied_ports(), vec![80, 443, 8443]);
     }
 
     #[test]

@@ -84,6 +84,14 @@ impl Forwarder {
         })
     }
 
+    /// The IPv4 addresses of an allowed name, for the proxy's own connections.
+    pub async fn lookup(&self, name: &str) -> Result<Vec<Ipv4Addr>, String> {
+        match self.lookup_a(name).await? {
+            Some(v) => Ok(v.into_iter().map(|(ip, _)| ip).collect()),
+            None => Err("NXDOMAIN".into()),
+        }
+    }
+
     /// A records for a fully qualified name. `Ok(None)` is NXDOMAIN.
     async fn lookup_a(&self, name: &str) -> Result<Option<Vec<(Ipv4Addr, u32)>>, String> {
         let fqdn = Name::from_ascii(format!("{name}.")).map_err(|e| e.to_string())?;

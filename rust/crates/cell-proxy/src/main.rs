@@ -1,7 +1,9 @@
 //! `cell-proxy`: the firewall daemon. See `cell-proxy --help`.
 
+mod ca;
 mod dns;
 mod events;
+mod proxy;
 mod state;
 mod synth;
 
@@ -93,6 +95,14 @@ struct Cli {
     /// Event log: a file to append JSON lines to, or `-` for standard output.
     #[arg(long, default_value = "-", value_name = "FILE|-")]
     events: Sink,
+
+    /// Where the cell CA lives (`ca.key` mode 0600, `ca.crt` for the agent); created on first start.
+    #[arg(long, default_value = "/var/lib/cell-proxy", value_name = "DIR")]
+    state_dir: PathBuf,
+
+    /// Extra CA certificates (PEM) trusted for upstream servers, besides the system roots. Repeatable.
+    #[arg(long, value_name = "FILE")]
+    upstream_ca: Vec<PathBuf>,
 }
 
 impl Cli {
@@ -156,12 +166,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         overlay: cli.overlay.clone(),
         firewall: (!cli.no_firewall).then(|| (cli.nft.clone(), params.clone())),
     };
+    let ca = Arc::new(ca::Ca::load_or_create(&cli.state_dir, 1024).context("loading the cell CA")?);
+    let client_tls = proxy::client_tls(&cli.upstream_ca)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(sources, events, params))
+    runtime.block_on(serve(sources, events, params, ca, client_tls))
 }
 
 /// The kernel limits ICMP errors per destination (1/s after a small burst) unless
@@ -189,7 +201,13 @@ fn warn_on_icmp_ratelimit() {
     }
 }
 
-async fn serve(sources: Sources, events: EventLog, params: FirewallParams) -> anyhow::Result<()> {
+async fn serve(
+    sources: Sources,
+    events: EventLog,
+    params: FirewallParams,
+    ca: Arc<ca::Ca>,
+    client_tls: rustls::ClientConfig,
+) -> anyhow::Result<()> {
     let state = State::start(sources, events.clone()).context("loading the policy")?;
     warn_on_icmp_ratelimit();
     let policy = state.policy();
@@ -215,8 +233,21 @@ async fn serve(sources: Sources, events: EventLog, params: FirewallParams) -> an
         Duration::from_secs(policy.limits.dns_tcp_idle_secs.into()),
         64,
     );
-    tracing::info!(%dns_addr, "cell-proxy ready");
-    events.emit(event("ready", [("dns", dns_addr.to_string().into())]));
+    let transparent_addr = SocketAddr::from((params.listen, params.transparent_port));
+    let transparent = tokio::net::TcpListener::bind(transparent_addr)
+        .await
+        .with_context(|| format!("binding the transparent proxy on {transparent_addr}"))?;
+    let proxy = proxy::Proxy::new(state.clone(), ca.clone(), client_tls)?;
+    tokio::spawn(proxy.clone().serve_transparent(transparent));
+    tracing::info!(%dns_addr, %transparent_addr, ca = %ca.cert_path.display(), "cell-proxy ready");
+    events.emit(event(
+        "ready",
+        [
+            ("dns", dns_addr.to_string().into()),
+            ("transparent", transparent_addr.to_string().into()),
+            ("ca", ca.cert_path.display().to_string().into()),
+        ],
+    ));
 
     let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;

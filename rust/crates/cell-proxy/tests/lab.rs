@@ -401,53 +401,6 @@ fn everything_else_fails_fast_and_reaches_nothing() {
     );
 }
 
-/// TCP to a pool address on an allowed port lands on the transparent proxy
-/// port with the original destination intact (the proxy maps it back to the name).
-#[test]
-fn allowed_ports_on_the_pool_are_redirected() {
-    let Some((lab, ..)) = lab_with(
-        r#"{"https":[{"host":"api.example.test"}],"tcp":[{"host":"git.example.test","ports":[22]}],"dns":{"upstream":["192.0.2.53"]}}"#,
-        &[],
-    ) else {
-        return;
-    };
-    let listen = SocketAddr::new(IpAddr::V4(lab::FW_AGENT_V4), lab::TRANSPARENT_PORT);
-    let listener = lab
-        .firewall
-        .run(move || std::net::TcpListener::bind(listen))
-        .unwrap()
-        .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::{Read, Write};
-        for conn in listener.incoming().take(2) {
-            let mut c = conn.unwrap();
-            let dst = probe::original_dst(&c).unwrap();
-            let mut buf = [0u8; 4];
-            c.read_exact(&mut buf).unwrap();
-            c.write_all(&buf).unwrap();
-            tx.send(dst).unwrap();
-        }
-    });
-    for (name, port) in [("api.example.test.", 443), ("git.example.test.", 22)] {
-        let ip = addrs(&ask(&lab, name, RecordType::A))[0];
-        let p = probe::tcp(
-            &lab.agent,
-            SocketAddr::new(IpAddr::V4(ip), port),
-            Duration::from_secs(5),
-        )
-        .unwrap();
-        assert_eq!(p.outcome, Outcome::Open, "{name}:{port}");
-        let dst = rx.recv_timeout(Duration::from_secs(5)).unwrap();
-        assert_eq!(
-            (*dst.ip(), dst.port()),
-            (ip, port),
-            "original destination preserved"
-        );
-    }
-    assert_eq!(lab.wire().unwrap().other, 0);
-}
-
 /// A `cidr` entry is routed (masqueraded) for its protocol and port only;
 /// the next port on the same host is refused and never arrives.
 #[test]

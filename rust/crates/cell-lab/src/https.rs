@@ -1,0 +1,374 @@
+//! The fake internet's HTTPS side: a test CA, an HTTPS server that picks its
+//! certificate by SNI (valid, self-signed, expired, wrong name), and an
+//! HTTPS client for the agent side that trusts a given CA.
+//!
+//! Server routes: `/echo` (method, path, host, protocol, body length),
+//! `/sse` (one event at once, another after 1.5 s), `/big?mb=N` (N MiB
+//! streamed), anything else 404. Every request is recorded.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+/// How the fake server presents itself for a name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CertKind {
+    /// Issued by the test CA for the name: valid.
+    Valid,
+    /// Self-signed for the name.
+    SelfSigned,
+    /// Issued by the test CA, expired yesterday.
+    Expired,
+    /// Issued by the test CA for `other.invalid`.
+    WrongName,
+}
+
+/// A CA for the fake internet; `cell-proxy` is told to trust it.
+pub struct TestCa {
+    issuer: Issuer<'static, KeyPair>,
+    pub pem: String,
+}
+
+impl TestCa {
+    pub fn new() -> anyhow::Result<TestCa> {
+        let key = KeyPair::generate()?;
+        let mut p = CertificateParams::default();
+        p.distinguished_name
+            .push(DnType::CommonName, "fake internet CA");
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = p.self_signed(&key)?;
+        Ok(TestCa {
+            pem: cert.pem(),
+            issuer: Issuer::new(p, key),
+        })
+    }
+
+    fn certified(&self, name: &str, kind: CertKind) -> anyhow::Result<Arc<CertifiedKey>> {
+        let key = KeyPair::generate()?;
+        let san = if kind == CertKind::WrongName {
+            "other.invalid".to_string()
+        } else {
+            name.to_string()
+        };
+        let mut p = CertificateParams::new(vec![san])?;
+        let now = SystemTime::now();
+        if kind == CertKind::Expired {
+            p.not_before = (now - Duration::from_secs(10 * 86400)).into();
+            p.not_after = (now - Duration::from_secs(86400)).into();
+        }
+        let cert = match kind {
+            CertKind::SelfSigned => p.self_signed(&key)?,
+            _ => p.signed_by(&key, &self.issuer)?,
+        };
+        let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let signer = rustls::crypto::ring::sign::any_supported_type(&der)?;
+        Ok(Arc::new(CertifiedKey::new(
+            vec![cert.der().clone()],
+            signer,
+        )))
+    }
+}
+
+#[derive(Debug)]
+struct BySni(HashMap<String, Arc<CertifiedKey>>);
+
+impl ResolvesServerCert for BySni {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0.get(hello.server_name()?).cloned()
+    }
+}
+
+/// A recording HTTPS server.
+#[derive(Clone, Default)]
+pub struct FakeHttps {
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+type Body = BoxBody<Bytes, std::convert::Infallible>;
+
+fn text(status: StatusCode, body: String) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
+    *r.status_mut() = status;
+    r
+}
+
+impl FakeHttps {
+    /// `METHOD path host proto` for every request so far.
+    pub fn seen(&self) -> Vec<String> {
+        self.seen.lock().expect("seen lock").clone()
+    }
+
+    /// Serves TLS (h2 and http/1.1) on `listener` with a certificate per name.
+    pub fn serve(
+        &self,
+        listener: std::net::TcpListener,
+        ca: &TestCa,
+        names: &[(&str, CertKind)],
+    ) -> anyhow::Result<()> {
+        let mut certs = HashMap::new();
+        for (n, k) in names {
+            certs.insert(n.to_string(), ca.certified(n, *k)?);
+        }
+        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(BySni(certs)));
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let me = self.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                let me = me.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let svc = hyper::service::service_fn(move |req| {
+                        let me = me.clone();
+                        async move { Ok::<_, std::convert::Infallible>(me.route(req).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        Ok(())
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Response<Body> {
+        let host = req
+            .uri()
+            .authority()
+            .map(|a| a.to_string())
+            .or_else(|| {
+                req.headers()
+                    .get("host")
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string)
+            })
+            .unwrap_or_default();
+        let line = format!(
+            "{} {} {} {:?}",
+            req.method(),
+            req.uri().path(),
+            host,
+            req.version()
+        );
+        self.seen.lock().expect("seen lock").push(line.clone());
+        let query = req.uri().query().unwrap_or("").to_string();
+        match req.uri().path() {
+            "/echo" => {
+                let body = req
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes().len())
+                    .unwrap_or(0);
+                text(StatusCode::OK, format!("{line} body={body}\n"))
+            }
+            "/sse" => {
+                let stream = async_stream(vec![
+                    (Duration::ZERO, "data: first\n\n"),
+                    (Duration::from_millis(1500), "data: second\n\n"),
+                ]);
+                let mut r = Response::new(StreamBody::new(stream).boxed());
+                r.headers_mut()
+                    .insert("content-type", "text/event-stream".parse().expect("static"));
+                r
+            }
+            "/big" => {
+                let mb: usize = query
+                    .strip_prefix("mb=")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1);
+                let chunk = Bytes::from(vec![0u8; 64 * 1024]);
+                let (tx, rx) =
+                    tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(4);
+                tokio::spawn(async move {
+                    for _ in 0..mb * 16 {
+                        if tx.send(Ok(Frame::data(chunk.clone()))).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+                let mut r = Response::new(StreamBody::new(stream).boxed());
+                r.headers_mut().insert(
+                    "content-length",
+                    (mb * 1024 * 1024).to_string().parse().expect("number"),
+                );
+                r
+            }
+            _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+        }
+    }
+}
+
+type FrameStream =
+    tokio_stream::wrappers::ReceiverStream<Result<Frame<Bytes>, std::convert::Infallible>>;
+
+/// Frames sent after the given delays.
+fn async_stream(parts: Vec<(Duration, &'static str)>) -> FrameStream {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        for (delay, data) in parts {
+            tokio::time::sleep(delay).await;
+            if tx
+                .send(Ok(Frame::data(Bytes::from_static(data.as_bytes()))))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// An HTTPS client in the agent namespace, trusting `ca_pem`.
+pub struct Client {
+    tls: tokio_rustls::TlsConnector,
+}
+
+/// One response, with its body and when the first body bytes arrived.
+#[derive(Debug)]
+pub struct Fetched {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+    /// Body bytes received in all (also those past `keep`).
+    pub len: u64,
+    pub version: http::Version,
+    pub first_byte_after: Option<Duration>,
+    pub total: Duration,
+}
+
+impl Client {
+    pub fn new(ca_pem: &str, alpn: &[&[u8]]) -> anyhow::Result<Client> {
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(c.context("CA pem")?)?;
+        }
+        let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+        Ok(Client {
+            tls: tokio_rustls::TlsConnector::from(Arc::new(cfg)),
+        })
+    }
+
+    /// TLS to `stream` with `sni`, then one request per `(method, path, host)`.
+    /// Bodies are read completely, but only counted past `keep` bytes.
+    pub async fn fetch(
+        &self,
+        stream: std::net::TcpStream,
+        sni: &str,
+        requests: Vec<Request<Full<Bytes>>>,
+        keep: usize,
+    ) -> anyhow::Result<Vec<Fetched>> {
+        stream.set_nonblocking(true)?;
+        let tcp = tokio::net::TcpStream::from_std(stream)?;
+        let name = rustls_pki_types::ServerName::try_from(sni.to_string())?;
+        let tls = self
+            .tls
+            .connect(name, tcp)
+            .await
+            .context("TLS handshake with the proxy")?;
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        let io = TokioIo::new(tls);
+        let mut out = Vec::new();
+        if h2 {
+            let (mut send, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+            tokio::spawn(conn);
+            for req in requests {
+                out.push(read(send.send_request(req).await?, keep).await?);
+            }
+        } else {
+            let (mut send, conn) = hyper::client::conn::http1::handshake(io).await?;
+            tokio::spawn(conn);
+            for mut req in requests {
+                // HTTP/1.1 origin form: the path in the request line, the name in Host.
+                let origin = req
+                    .uri()
+                    .path_and_query()
+                    .map(|p| p.as_str().to_string())
+                    .unwrap_or_else(|| "/".into());
+                *req.uri_mut() = origin.parse()?;
+                send.ready().await?;
+                out.push(read(send.send_request(req).await?, keep).await?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+async fn read(resp: Response<Incoming>, keep: usize) -> anyhow::Result<Fetched> {
+    let start = std::time::Instant::now();
+    let (parts, mut body) = resp.into_parts();
+    let mut kept = Vec::new();
+    let mut len = 0u64;
+    let mut first = None;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            len += data.len() as u64;
+            if first.is_none() && !data.is_empty() {
+                first = Some(start.elapsed());
+            }
+            if kept.len() < keep {
+                kept.extend_from_slice(&data[..data.len().min(keep - kept.len())]);
+            }
+        }
+    }
+    Ok(Fetched {
+        status: parts.status,
+        headers: parts.headers,
+        body: Bytes::from(kept),
+        len,
+        version: parts.version,
+        first_byte_after: first,
+        total: start.elapsed(),
+    })
+}
+
+/// A request for `https://host/path` (origin form; the Host header names `host`).
+pub fn get(method: &str, host: &str, path: &str) -> Request<Full<Bytes>> {
+    Request::builder()
+        .method(method)
+        .uri(format!("https://{host}{path}"))
+        .header("host", host)
+        .body(Full::new(Bytes::new()))
+        .expect("valid request")
+}
+
+/// Where the fake internet's HTTPS server is.
+pub fn addr() -> SocketAddr {
+    SocketAddr::new(crate::lab::WEB_V4.into(), 443)
+}

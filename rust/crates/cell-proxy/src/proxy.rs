@@ -1,0 +1,1113 @@
+//! The transparent proxy: every TCP connection the firewall redirects.
+//!
+//! Security rules, in the order they are applied to a connection:
+//!
+//! 1. The original destination must be a synthetic address that DNS handed
+//!    out; the name behind it is the only name this connection can reach.
+//! 2. The policy must allow that name on that port (evaluated again per
+//!    request, so a reload applies to the next request).
+//! 3. TLS: the ClientHello is read before anything is answered. The SNI must
+//!    be present, a hostname, and equal to the name behind the address; no
+//!    certificate is minted and no upstream connection is opened otherwise.
+//! 4. Intercepted HTTPS: the upstream connection is a fresh TLS connection
+//!    that validates the upstream certificate for that name; every request's
+//!    `Host`/`:authority` must equal the SNI (no domain fronting), and its
+//!    method and path must pass the entry's rules.
+//! 5. Denials never time out: a TLS client is reset at once, an HTTP client
+//!    gets a 403 that says what was denied and how to allow it.
+
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use bytes::Bytes;
+use cell_policy::path::normalize_request_path;
+use cell_policy::policy::HttpsEntry;
+use cell_policy::{ConnDecision, DenyReason, normalize_host};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use crate::ca::{Ca, LeafResolver};
+use crate::events::event;
+use crate::state::State;
+
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Everything a connection handler needs.
+pub struct Proxy {
+    pub state: Arc<State>,
+    server_tls: Arc<rustls::ServerConfig>,
+    client_tls: Arc<rustls::ClientConfig>,
+    client: Client<Upstream, Incoming>,
+    slots: Arc<Semaphore>,
+}
+
+/// What the proxy knows about one client connection.
+#[derive(Clone, Debug)]
+struct Conn {
+    client: SocketAddr,
+    name: String,
+    port: u16,
+}
+
+/// Builds the upstream TLS configuration: system roots (honouring
+/// `SSL_CERT_FILE`) plus any extra CA files, ALPN h2 and http/1.1.
+pub fn client_tls(extra_ca: &[std::path::PathBuf]) -> anyhow::Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        let _ = roots.add(cert);
+    }
+    for path in extra_ca {
+        use rustls_pki_types::pem::PemObject;
+        let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+            .with_context(|| format!("reading CA file {}", path.display()))?;
+        for c in certs {
+            roots.add(c.with_context(|| format!("parsing {}", path.display()))?)?;
+        }
+    }
+    if roots.is_empty() {
+        bail!(
+            "no trusted root certificates: install ca-certificates, set SSL_CERT_FILE, or pass --upstream-ca"
+        );
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+impl Proxy {
+    pub fn new(
+        state: Arc<State>,
+        ca: Arc<Ca>,
+        client_tls: rustls::ClientConfig,
+    ) -> anyhow::Result<Arc<Proxy>> {
+        let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(LeafResolver(ca.clone())));
+        server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let limits = state.policy().limits.clone();
+        let client_tls = Arc::new(client_tls);
+        let upstream = Upstream {
+            state: state.clone(),
+            tls: tokio_rustls::TlsConnector::from(client_tls.clone()),
+            timeout: Duration::from_millis(limits.connect_timeout_ms.into()),
+        };
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(32)
+            .build(upstream);
+        Ok(Arc::new(Proxy {
+            slots: Arc::new(Semaphore::new(limits.proxy_connections as usize)),
+            state,
+            server_tls: Arc::new(server),
+            client_tls,
+            client,
+        }))
+    }
+
+    /// Accepts redirected connections forever.
+    pub async fn serve_transparent(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (stream, client) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+                reset(stream);
+                self.state.events.emit(event(
+                    "conn",
+                    [
+                        ("client", client.to_string().into()),
+                        ("decision", "deny".into()),
+                        ("reason", "too-many-connections".into()),
+                    ],
+                ));
+                continue;
+            };
+            let me = self.clone();
+            tokio::spawn(async move {
+                me.transparent(stream, client).await;
+                drop(permit);
+            });
+        }
+    }
+
+    fn conn_event(&self, c: &Conn, fields: Vec<(&'static str, Value)>) {
+        let mut m = event(
+            "conn",
+            [
+                ("client", c.client.to_string().into()),
+                ("host", c.name.clone().into()),
+                ("port", c.port.into()),
+            ],
+        );
+        for (k, v) in fields {
+            if !v.is_null() {
+                m.insert(k.into(), v);
+            }
+        }
+        self.state.events.emit(m);
+    }
+
+    async fn transparent(self: Arc<Self>, stream: TcpStream, client: SocketAddr) {
+        let started = Instant::now();
+        let dst = match original_dst(&stream) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(%client, "no original destination: {e:#}");
+                return reset(stream);
+            }
+        };
+        let name = self
+            .state
+            .table
+            .lock()
+            .expect("table lock")
+            .name_of(*dst.ip())
+            .map(str::to_string);
+        let Some(name) = name else {
+            self.state.events.emit(event(
+                "conn",
+                [
+                    ("client", client.to_string().into()),
+                    ("dst", dst.to_string().into()),
+                    ("decision", "deny".into()),
+                    ("reason", "unknown-address".into()),
+                ],
+            ));
+            return reset(stream);
+        };
+        let c = Conn {
+            client,
+            name,
+            port: dst.port(),
+        };
+        let policy = self.state.policy();
+        let decision = policy.connection(&c.name, c.port);
+        match decision {
+            ConnDecision::Deny(reason) if c.port == 80 => {
+                // Cleartext HTTP: answer in HTTP so the client learns why.
+                drop(policy);
+                self.cleartext(stream, c, Some(reason)).await;
+            }
+            ConnDecision::Deny(reason) => {
+                self.conn_event(
+                    &c,
+                    vec![
+                        ("decision", "deny".into()),
+                        ("reason", reason.to_string().into()),
+                    ],
+                );
+                reset(stream);
+            }
+            ConnDecision::Tcp(entry) => {
+                let rule = entry.origin.to_string();
+                drop(policy);
+                let r = self.splice(stream, &c, Vec::new()).await;
+                self.splice_event(&c, "tcp", &rule, r, started);
+            }
+            ConnDecision::Https(entry) => {
+                let (rule, passthrough) = (entry.origin.to_string(), entry.passthrough);
+                drop(policy);
+                self.tls(stream, c, rule, passthrough, started).await;
+            }
+        }
+    }
+
+    fn splice_event(
+        &self,
+        c: &Conn,
+        kind: &str,
+        rule: &str,
+        r: anyhow::Result<(u64, u64)>,
+        started: Instant,
+    ) {
+        let ms = started.elapsed().as_millis() as u64;
+        match r {
+            Ok((up, down)) => self.conn_event(
+                c,
+                vec![
+                    ("kind", kind.into()),
+                    ("decision", "allow".into()),
+                    ("rule", rule.into()),
+                    ("bytes_up", up.into()),
+                    ("bytes_down", down.into()),
+                    ("duration_ms", ms.into()),
+                ],
+            ),
+            Err(e) => self.conn_event(
+                c,
+                vec![
+                    ("kind", kind.into()),
+                    ("decision", "error".into()),
+                    ("rule", rule.into()),
+                    ("reason", format!("{e:#}").into()),
+                    ("duration_ms", ms.into()),
+                ],
+            ),
+        }
+    }
+
+    /// Connects to the real `name:port` and relays bytes both ways; `prefix`
+    /// (an already-read ClientHello) is sent first.
+    async fn splice(
+        &self,
+        mut down: TcpStream,
+        c: &Conn,
+        prefix: Vec<u8>,
+    ) -> anyhow::Result<(u64, u64)> {
+        let limits = self.state.policy().limits.clone();
+        let mut up = connect(
+            &self.state,
+            &c.name,
+            c.port,
+            Duration::from_millis(limits.connect_timeout_ms.into()),
+        )
+        .await?;
+        up.write_all(&prefix).await?;
+        let idle = Duration::from_secs(limits.idle_timeout_secs.into());
+        let (a, b) = copy_with_idle(&mut down, &mut up, idle).await?;
+        Ok((a + prefix.len() as u64, b))
+    }
+
+    async fn tls(
+        self: Arc<Self>,
+        mut stream: TcpStream,
+        c: Conn,
+        rule: String,
+        passthrough: bool,
+        started: Instant,
+    ) {
+        let limits = self.state.policy().limits.clone();
+        let hello = tokio::time::timeout(
+            Duration::from_millis(limits.handshake_timeout_ms.into()),
+            read_client_hello(&mut stream),
+        )
+        .await;
+        let (prefix, sni) = match hello {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => {
+                self.conn_event(
+                    &c,
+                    vec![
+                        ("decision", "deny".into()),
+                        ("reason", format!("not TLS: {e:#}").into()),
+                    ],
+                );
+                return reset(stream);
+            }
+            Err(_) => {
+                self.conn_event(
+                    &c,
+                    vec![
+                        ("decision", "deny".into()),
+                        ("reason", "client hello timeout".into()),
+                    ],
+                );
+                return reset(stream);
+            }
+        };
+        // Rule 3: the SNI must name exactly the host behind the address.
+        let sni_ok = match &sni {
+            None => Err("no SNI".to_string()),
+            Some(s) => match normalize_host(s) {
+                Ok(n) if n == c.name => Ok(()),
+                Ok(n) => Err(format!("SNI {n} does not match {}", c.name)),
+                Err(_) => Err(format!("SNI {s:?} is not a hostname")),
+            },
+        };
+        if let Err(reason) = sni_ok {
+            self.conn_event(
+                &c,
+                vec![
+                    ("kind", "tls".into()),
+                    ("decision", "deny".into()),
+                    ("reason", reason.into()),
+                ],
+            );
+            return reset(stream);
+        }
+        if passthrough {
+            let r = self.splice(stream, &c, prefix).await;
+            return self.splice_event(&c, "passthrough", &rule, r, started);
+        }
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.server_tls.clone());
+        let replay = Replay {
+            prefix: Bytes::from(prefix),
+            inner: stream,
+        };
+        let tls = match tokio::time::timeout(
+            Duration::from_millis(limits.handshake_timeout_ms.into()),
+            acceptor.accept(replay),
+        )
+        .await
+        {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => {
+                self.conn_event(
+                    &c,
+                    vec![
+                        ("kind", "tls".into()),
+                        ("decision", "error".into()),
+                        ("reason", format!("client handshake: {e}").into()),
+                    ],
+                );
+                return;
+            }
+            Err(_) => {
+                self.conn_event(
+                    &c,
+                    vec![
+                        ("kind", "tls".into()),
+                        ("decision", "error".into()),
+                        ("reason", "client handshake timeout".into()),
+                    ],
+                );
+                return;
+            }
+        };
+        self.conn_event(
+            &c,
+            vec![
+                ("kind", "tls".into()),
+                ("decision", "allow".into()),
+                ("rule", rule.into()),
+            ],
+        );
+        let me = self.clone();
+        let conn = c.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let me = me.clone();
+            let conn = conn.clone();
+            async move { Ok::<_, std::convert::Infallible>(me.request(req, &conn).await) }
+        });
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .max_buf_size((limits.header_bytes as usize).max(8192))
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30));
+        builder
+            .http2()
+            .max_header_list_size(limits.header_bytes)
+            .max_concurrent_streams(256);
+        if let Err(e) = builder
+            .serve_connection_with_upgrades(TokioIo::new(tls), service)
+            .await
+        {
+            tracing::debug!(client = %c.client, "connection ended: {e}");
+        }
+    }
+
+    /// Cleartext HTTP on port 80: never relayed; the client is told to use HTTPS.
+    async fn cleartext(self: Arc<Self>, stream: TcpStream, c: Conn, _reason: Option<DenyReason>) {
+        let me = self.clone();
+        let conn = c.clone();
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let me = me.clone();
+            let conn = conn.clone();
+            async move {
+                let path = req
+                    .uri()
+                    .path_and_query()
+                    .map(|p| p.as_str().to_string())
+                    .unwrap_or_else(|| "/".into());
+                let resp = deny_response(
+                    StatusCode::FORBIDDEN,
+                    &format!(
+                        "cleartext HTTP to {}:{} is not relayed; HTTPS is required",
+                        conn.name, conn.port
+                    ),
+                    &format!("use https://{}{}", conn.name, path),
+                );
+                me.request_event(
+                    &conn,
+                    req.method(),
+                    &path,
+                    "deny",
+                    None,
+                    Some("cleartext-http"),
+                    403,
+                    Instant::now(),
+                );
+                Ok::<_, std::convert::Infallible>(resp)
+            }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn request_event(
+        &self,
+        c: &Conn,
+        method: &Method,
+        path: &str,
+        decision: &str,
+        rule: Option<String>,
+        reason: Option<&str>,
+        status: u16,
+        started: Instant,
+    ) {
+        self.conn_event(
+            c,
+            vec![
+                ("kind", "http".into()),
+                ("method", method.as_str().into()),
+                ("path", path.into()),
+                ("decision", decision.into()),
+                ("rule", rule.into()),
+                ("reason", reason.map(str::to_string).into()),
+                ("status", status.into()),
+                ("duration_ms", (started.elapsed().as_millis() as u64).into()),
+            ],
+        );
+    }
+
+    /// One intercepted request.
+    async fn request(&self, mut req: Request<Incoming>, c: &Conn) -> Response<Body> {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let target = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        let path_for_log = target.split('?').next().unwrap_or("/").to_string();
+        let deny = |status: StatusCode, what: String, fix: String, reason: &str| {
+            self.request_event(
+                c,
+                &method,
+                &path_for_log,
+                "deny",
+                None,
+                Some(reason),
+                status.as_u16(),
+                started,
+            );
+            deny_response(status, &what, &fix)
+        };
+
+        // Rule 4a: Host / :authority must be the SNI (and the port ours).
+        let authority = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| {
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string)
+            });
+        let Some(authority) = authority else {
+            return deny(
+                StatusCode::BAD_REQUEST,
+                "request without Host".into(),
+                "send a Host header".into(),
+                "no-host",
+            );
+        };
+        let (host, port) = split_authority(&authority);
+        let host_ok =
+            normalize_host(host).is_ok_and(|h| h == c.name) && port.is_none_or(|p| p == c.port);
+        if !host_ok {
+            return deny(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "Host `{authority}` does not match the TLS server name `{}` (domain fronting is not allowed)",
+                    c.name
+                ),
+                format!("send requests for {authority} on a connection to {authority}"),
+                "host-mismatch",
+            );
+        }
+        // Request smuggling shapes: both framing headers, or several lengths.
+        if req.headers().contains_key(header::TRANSFER_ENCODING)
+            && req.headers().contains_key(header::CONTENT_LENGTH)
+            || req.headers().get_all(header::CONTENT_LENGTH).iter().count() > 1
+        {
+            return deny(
+                StatusCode::BAD_REQUEST,
+                "ambiguous message framing".into(),
+                "send either Content-Length or chunked encoding, once".into(),
+                "framing",
+            );
+        }
+
+        // Rule 2 + 4b: the policy, now, for this request.
+        let policy = self.state.policy();
+        let entry: HttpsEntry = match policy.connection(&c.name, c.port) {
+            ConnDecision::Https(e) if !e.passthrough => e.clone(),
+            ConnDecision::Deny(DenyReason::DeniedBy(o)) => {
+                return deny(
+                    StatusCode::FORBIDDEN,
+                    format!("{} is denied by {o}", c.name),
+                    format!("remove {o} (`cell policy` shows it)"),
+                    "deny-entry",
+                );
+            }
+            _ => {
+                return deny(
+                    StatusCode::FORBIDDEN,
+                    format!("{}:{} is not in the allowlist", c.name, c.port),
+                    cell_policy::allow_hint(&c.name),
+                    "no-rule",
+                );
+            }
+        };
+        drop(policy);
+        let rule = entry.origin.to_string();
+        if let Some(methods) = &entry.methods
+            && !methods.iter().any(|m| m == method.as_str())
+        {
+            return deny(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "method {method} to {} is not allowed by {rule} (allowed: {})",
+                    c.name,
+                    methods.join(", ")
+                ),
+                format!("add \"{method}\" to the methods of {rule}"),
+                "method",
+            );
+        }
+        if let Some(paths) = &entry.paths {
+            let ok = normalize_request_path(&target)
+                .is_some_and(|p| paths.iter().any(|pp| pp.matches(p)));
+            if !ok {
+                let list: Vec<_> = paths.iter().map(|p| p.as_str()).collect();
+                return deny(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "path {path_for_log} on {} is not allowed by {rule} (allowed: {})",
+                        c.name,
+                        list.join(", ")
+                    ),
+                    format!("add a matching pattern to the paths of {rule}"),
+                    "path",
+                );
+            }
+        }
+
+        // Relay.
+        let is_upgrade = req.headers().contains_key(header::UPGRADE);
+        let uri = match Uri::builder()
+            .scheme("https")
+            .authority(authority_for(&c.name, c.port))
+            .path_and_query(target.as_str())
+            .build()
+        {
+            Ok(u) => u,
+            Err(_) => {
+                return deny(
+                    StatusCode::BAD_REQUEST,
+                    "malformed request target".into(),
+                    "send an origin-form path".into(),
+                    "target",
+                );
+            }
+        };
+        *req.uri_mut() = uri;
+        *req.version_mut() = http::Version::HTTP_11;
+        req.headers_mut().insert(
+            header::HOST,
+            HeaderValue::from_str(&authority_for(&c.name, c.port)).expect("valid host"),
+        );
+        if is_upgrade {
+            return self.upgrade(req, c, rule, started).await;
+        }
+        strip_hop_by_hop(req.headers_mut());
+        let status_of = |r: &Response<Incoming>| r.status().as_u16();
+        match self.client.request(req).await {
+            Ok(mut resp) => {
+                strip_hop_by_hop(resp.headers_mut());
+                self.request_event(
+                    c,
+                    &method,
+                    &path_for_log,
+                    "allow",
+                    Some(rule),
+                    None,
+                    status_of(&resp),
+                    started,
+                );
+                resp.map(|b| b.boxed())
+            }
+            Err(e) => {
+                let why = format!("{:#}", anyhow!(e));
+                self.request_event(
+                    c,
+                    &method,
+                    &path_for_log,
+                    "error",
+                    Some(rule),
+                    Some("upstream"),
+                    502,
+                    started,
+                );
+                let mut r = text_response(
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "cell: could not reach https://{}: {why}\n",
+                        authority_for(&c.name, c.port)
+                    ),
+                );
+                r.headers_mut()
+                    .insert("x-cell-error", HeaderValue::from_static("upstream"));
+                r
+            }
+        }
+    }
+
+    /// WebSocket (and other HTTP/1.1 upgrades): a dedicated upstream
+    /// connection, then bytes both ways after the 101.
+    async fn upgrade(
+        &self,
+        mut req: Request<Incoming>,
+        c: &Conn,
+        rule: String,
+        started: Instant,
+    ) -> Response<Body> {
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let result: anyhow::Result<Response<Body>> = async {
+            let limits = self.state.policy().limits.clone();
+            let tcp = connect(
+                &self.state,
+                &c.name,
+                c.port,
+                Duration::from_millis(limits.connect_timeout_ms.into()),
+            )
+            .await?;
+            let mut cfg = (*self.client_tls).clone();
+            cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+            let server_name = rustls_pki_types::ServerName::try_from(c.name.clone())?;
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+                .connect(server_name, tcp)
+                .await?;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+            tokio::spawn(async move {
+                let _ = conn.with_upgrades().await;
+            });
+            let client_upgrade = hyper::upgrade::on(&mut req);
+            let (parts, body) = req.into_parts();
+            let mut up_req = Request::from_parts(parts, body);
+            *up_req.uri_mut() = Uri::builder()
+                .path_and_query(
+                    up_req
+                        .uri()
+                        .path_and_query()
+                        .map(|p| p.as_str())
+                        .unwrap_or("/"),
+                )
+                .build()?;
+            let mut resp = sender.send_request(up_req).await?;
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                let server_upgrade = hyper::upgrade::on(&mut resp);
+                let idle = Duration::from_secs(limits.idle_timeout_secs.into());
+                tokio::spawn(async move {
+                    if let (Ok(a), Ok(b)) = (client_upgrade.await, server_upgrade.await) {
+                        let mut a = TokioIo::new(a);
+                        let mut b = TokioIo::new(b);
+                        let _ = copy_with_idle(&mut a, &mut b, idle).await;
+                    }
+                });
+            }
+            Ok(resp.map(|b| b.boxed()))
+        }
+        .await;
+        match result {
+            Ok(resp) => {
+                self.request_event(
+                    c,
+                    &method,
+                    &path,
+                    "allow",
+                    Some(rule),
+                    None,
+                    resp.status().as_u16(),
+                    started,
+                );
+                resp
+            }
+            Err(e) => {
+                self.request_event(
+                    c,
+                    &method,
+                    &path,
+                    "error",
+                    Some(rule),
+                    Some("upstream"),
+                    502,
+                    started,
+                );
+                text_response(
+                    StatusCode::BAD_GATEWAY,
+                    format!("cell: upgrade to https://{} failed: {e:#}\n", c.name),
+                )
+            }
+        }
+    }
+}
+
+/// `host[:port]` as it goes in a URI or Host header.
+fn authority_for(name: &str, port: u16) -> String {
+    if port == 443 {
+        name.to_string()
+    } else {
+        format!("{name}:{port}")
+    }
+}
+
+/// Splits `host:port`; IPv6 literals keep their brackets (and never match a name).
+fn split_authority(a: &str) -> (&str, Option<u16>) {
+    if a.starts_with('[') {
+        return (a, None);
+    }
+    match a.rsplit_once(':') {
+        Some((h, p)) => match p.parse() {
+            Ok(port) => (h, Some(port)),
+            Err(_) => (a, Some(0)),
+        },
+        None => (a, None),
+    }
+}
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let listed: Vec<String> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
+        .collect();
+    for name in HOP_BY_HOP.iter().map(|s| s.to_string()).chain(listed) {
+        h.remove(name.as_str());
+    }
+    h.remove(header::TRANSFER_ENCODING);
+}
+
+fn text_response(status: StatusCode, body: String) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// A denial the client can read: status, `X-Cell-Deny-Reason`, and a body
+/// with what was denied and how to allow it. Never echoes header values.
+fn deny_response(status: StatusCode, what: &str, fix: &str) -> Response<Body> {
+    let mut r = text_response(
+        status,
+        format!("cell: denied: {what}\nto allow it: {fix}\n"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&what.replace(['\r', '\n'], " ")) {
+        r.headers_mut().insert("x-cell-deny-reason", v);
+    }
+    r
+}
+
+/// Resets a connection (RST, not FIN): a fast, unambiguous failure.
+fn reset(stream: TcpStream) {
+    // A zero linger makes close() send RST at once; it never blocks.
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    drop(stream);
+}
+
+fn original_dst(stream: &TcpStream) -> anyhow::Result<SocketAddrV4> {
+    use nix::sys::socket::{getsockopt, sockopt::OriginalDst};
+    let raw = getsockopt(stream, OriginalDst).context("SO_ORIGINAL_DST")?;
+    Ok(SocketAddrV4::new(
+        u32::from_be(raw.sin_addr.s_addr).into(),
+        u16::from_be(raw.sin_port),
+    ))
+}
+
+/// Resolves an allowed name upstream and connects, trying each address.
+async fn connect(
+    state: &State,
+    name: &str,
+    port: u16,
+    timeout: Duration,
+) -> anyhow::Result<TcpStream> {
+    let fwd = state
+        .forwarder()
+        .context("no upstream resolver configured (dns.upstream)")?;
+    let addrs = fwd
+        .lookup(name)
+        .await
+        .map_err(|e| anyhow!("resolving {name}: {e}"))?;
+    if addrs.is_empty() {
+        bail!("{name} has no IPv4 address upstream");
+    }
+    let mut last = None;
+    for ip in addrs {
+        match tokio::time::timeout(
+            timeout,
+            TcpStream::connect(SocketAddr::new(IpAddr::V4(ip), port)),
+        )
+        .await
+        {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                return Ok(s);
+            }
+            Ok(Err(e)) => last = Some(anyhow!("connecting to {ip}:{port}: {e}")),
+            Err(_) => {
+                last = Some(anyhow!(
+                    "connecting to {ip}:{port}: timed out after {timeout:?}"
+                ))
+            }
+        }
+    }
+    Err(last.expect("at least one address"))
+}
+
+/// Reads until a whole ClientHello is parsed. Returns the raw bytes (to be
+/// replayed) and the SNI. Bounded: at most 64 KiB.
+async fn read_client_hello(stream: &mut TcpStream) -> anyhow::Result<(Vec<u8>, Option<String>)> {
+    let mut acceptor = rustls::server::Acceptor::default();
+    let mut raw = Vec::with_capacity(2048);
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            bail!("connection closed before the TLS ClientHello");
+        }
+        raw.extend_from_slice(&buf[..n]);
+        if raw.len() > 64 * 1024 {
+            bail!("ClientHello larger than 64 KiB");
+        }
+        let mut chunk = &buf[..n];
+        while !chunk.is_empty() {
+            acceptor.read_tls(&mut chunk)?;
+        }
+        match acceptor.accept() {
+            Ok(Some(accepted)) => {
+                return Ok((
+                    raw,
+                    accepted.client_hello().server_name().map(str::to_string),
+                ));
+            }
+            Ok(None) => continue,
+            Err((e, _)) => bail!("{e}"),
+        }
+    }
+}
+
+/// Copies both ways until both sides close or nothing moves for `idle`.
+async fn copy_with_idle<A, B>(a: &mut A, b: &mut B, idle: Duration) -> anyhow::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut ar, mut aw) = tokio::io::split(a);
+    let (mut br, mut bw) = tokio::io::split(b);
+    let last = std::sync::Mutex::new(Instant::now());
+    let touch = || *last.lock().expect("idle lock") = Instant::now();
+    let up = async {
+        let mut n = 0u64;
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            let k = ar.read(&mut buf).await?;
+            if k == 0 {
+                bw.shutdown().await.ok();
+                return Ok::<u64, std::io::Error>(n);
+            }
+            bw.write_all(&buf[..k]).await?;
+            n += k as u64;
+            touch();
+        }
+    };
+    let down = async {
+        let mut n = 0u64;
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            let k = br.read(&mut buf).await?;
+            if k == 0 {
+                aw.shutdown().await.ok();
+                return Ok::<u64, std::io::Error>(n);
+            }
+            aw.write_all(&buf[..k]).await?;
+            n += k as u64;
+            touch();
+        }
+    };
+    let watchdog = async {
+        loop {
+            tokio::time::sleep(idle / 4 + Duration::from_millis(10)).await;
+            if last.lock().expect("idle lock").elapsed() > idle {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        r = async { tokio::try_join!(up, down) } => Ok(r?),
+        _ = watchdog => bail!("idle for {idle:?}"),
+    }
+}
+
+/// Replays an already-read prefix, then reads from the socket.
+struct Replay {
+    prefix: Bytes,
+    inner: TcpStream,
+}
+
+impl AsyncRead for Replay {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let chunk = self.prefix.split_to(n);
+            buf.put_slice(&chunk);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Replay {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The hyper client's connector: resolves an allowed name upstream, connects,
+/// and validates the upstream certificate for that name.
+#[derive(Clone)]
+pub struct Upstream {
+    state: Arc<State>,
+    tls: tokio_rustls::TlsConnector,
+    timeout: Duration,
+}
+
+/// A TLS connection to an upstream, telling hyper which protocol ALPN chose.
+pub struct UpstreamIo(TokioIo<tokio_rustls::client::TlsStream<TcpStream>>);
+
+impl Connection for UpstreamIo {
+    fn connected(&self) -> Connected {
+        let h2 = self.0.inner().get_ref().1.alpn_protocol() == Some(b"h2");
+        if h2 {
+            Connected::new().negotiated_h2()
+        } else {
+            Connected::new()
+        }
+    }
+}
+
+impl hyper::rt::Read for UpstreamIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for UpstreamIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl tower_service::Service<Uri> for Upstream {
+    type Response = UpstreamIo;
+    type Error = anyhow::Error;
+    type Future = Pin<Box<dyn Future<Output = anyhow::Result<UpstreamIo>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let me = self.clone();
+        Box::pin(async move {
+            let host = uri.host().context("no host")?.to_string();
+            let port = uri.port_u16().unwrap_or(443);
+            let tcp = connect(&me.state, &host, port, me.timeout).await?;
+            let server_name = rustls_pki_types::ServerName::try_from(host.clone())?;
+            let tls = tokio::time::timeout(me.timeout, me.tls.connect(server_name, tcp))
+                .await
+                .map_err(|_| anyhow!("TLS handshake with {host} timed out"))?
+                .with_context(|| {
+                    format!(
+                        "TLS with {host}:{port} (the upstream certificate must be valid for {host})"
+                    )
+                })?;
+            Ok(UpstreamIo(TokioIo::new(tls)))
+        })
+    }
+}

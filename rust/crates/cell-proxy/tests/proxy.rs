@@ -1,0 +1,405 @@
+//! The transparent proxy in the lab: the agent's HTTPS and TCP go through the
+//! real `cell-proxy` to a fake internet that records what arrives.
+//!
+//! Each test checks the allowed path, the denied path with the reason the
+//! client sees, and that the fake internet saw none of the denied traffic.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cell_lab::https::{CertKind, Client, FakeHttps, get};
+use cell_lab::lab::{WEB_V4, fw_dns};
+use cell_lab::probe::{self, Outcome, Transport};
+use cell_lab::{Lab, skip_unless_available};
+use hickory_proto::rr::{RData, RecordType};
+use http::StatusCode;
+use http_body_util::Full;
+
+const NAMES: &[&str] = &[
+    "api.example.test",
+    "other.example.test",
+    "ro.example.test",
+    "git.example.test",
+    "pinned.example.test",
+    "selfsigned.example.test",
+    "expired.example.test",
+    "wrongname.example.test",
+];
+
+const POLICY: &str = r#"{
+  "https": [
+    { "host": "api.example.test" },
+    { "host": "other.example.test" },
+    { "host": "ro.example.test", "methods": ["GET"], "paths": ["/echo", "/sse"] },
+    { "host": "pinned.example.test", "passthrough": true },
+    { "host": "selfsigned.example.test" },
+    { "host": "expired.example.test" },
+    { "host": "wrongname.example.test" }
+  ],
+  "tcp": [ { "host": "git.example.test", "ports": [22] } ],
+  "dns": { "upstream": ["192.0.2.53"] }
+}"#;
+
+struct Setup {
+    lab: Lab,
+    web: FakeHttps,
+    agent_tls: Client,
+    agent_tls_h1: Client,
+}
+
+fn setup() -> Option<Setup> {
+    if skip_unless_available() {
+        return None;
+    }
+    let mut lab = Lab::new().expect("lab");
+    let records: Vec<(&str, Ipv4Addr)> = NAMES.iter().map(|n| (*n, WEB_V4)).collect();
+    lab.start_resolver(&records).unwrap();
+    let web = lab
+        .https_server(&[
+            ("api.example.test", CertKind::Valid),
+            ("other.example.test", CertKind::Valid),
+            ("ro.example.test", CertKind::Valid),
+            ("pinned.example.test", CertKind::Valid),
+            ("selfsigned.example.test", CertKind::SelfSigned),
+            ("expired.example.test", CertKind::Expired),
+            ("wrongname.example.test", CertKind::WrongName),
+        ])
+        .unwrap();
+    let policy = lab.dir.join("policy.json");
+    std::fs::write(&policy, POLICY).unwrap();
+    lab.start_proxy(Path::new(env!("CARGO_BIN_EXE_cell-proxy")), &policy, None)
+        .unwrap();
+    let ca = lab.cell_ca_pem().unwrap();
+    let agent_tls = Client::new(&ca, &[b"h2", b"http/1.1"]).unwrap();
+    let agent_tls_h1 = Client::new(&ca, &[b"http/1.1"]).unwrap();
+    Some(Setup {
+        lab,
+        web,
+        agent_tls,
+        agent_tls_h1,
+    })
+}
+
+/// The synthetic address the agent's DNS gives for `name`.
+fn resolve(lab: &Lab, name: &str) -> Ipv4Addr {
+    let m = probe::dns(
+        &lab.agent,
+        fw_dns(),
+        &format!("{name}."),
+        RecordType::A,
+        Transport::Udp,
+    )
+    .unwrap();
+    match &m.answers[0].data {
+        RData::A(a) => a.0,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn at(ip: Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(ip), port)
+}
+
+/// Allowed GET and POST over HTTP/2 and HTTP/1.1, relayed to a validated upstream.
+#[test]
+fn allowed_requests_over_h2_and_h1() {
+    let Some(s) = setup() else { return };
+    let ip = resolve(&s.lab, "api.example.test");
+    for (client, want) in [
+        (&s.agent_tls, http::Version::HTTP_2),
+        (&s.agent_tls_h1, http::Version::HTTP_11),
+    ] {
+        let post = http::Request::builder()
+            .method("POST")
+            .uri("https://api.example.test/echo")
+            .header("host", "api.example.test")
+            .body(Full::new(Bytes::from_static(b"hello world")))
+            .unwrap();
+        let got = s
+            .lab
+            .block_on(client.fetch(
+                s.lab.agent_connect(at(ip, 443)).unwrap(),
+                "api.example.test",
+                vec![get("GET", "api.example.test", "/echo"), post],
+                4096,
+            ))
+            .unwrap();
+        assert_eq!(got[0].version, want);
+        assert_eq!(got[0].status, StatusCode::OK, "{:?}", got[0]);
+        let body = String::from_utf8_lossy(&got[0].body);
+        assert!(body.starts_with("GET /echo api.example.test"), "{body}");
+        assert_eq!(got[1].status, StatusCode::OK);
+        assert!(String::from_utf8_lossy(&got[1].body).contains("body=11"));
+    }
+    assert_eq!(s.web.seen().len(), 4);
+}
+
+fn deny_reason(f: &cell_lab::https::Fetched) -> String {
+    f.headers
+        .get("x-cell-deny-reason")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Method and path rules, Host ≠ SNI (domain fronting), ambiguous paths:
+/// 403 with the reason in the header and body; the upstream saw none of them.
+#[test]
+fn method_path_and_host_are_enforced_per_request() {
+    let Some(s) = setup() else { return };
+    let ip = resolve(&s.lab, "ro.example.test");
+    let reqs = vec![
+        get("GET", "ro.example.test", "/echo"),
+        get("POST", "ro.example.test", "/echo"),
+        get("GET", "ro.example.test", "/admin"),
+        get("GET", "ro.example.test", "/echo/../admin"),
+        get("GET", "other.example.test", "/echo"),
+    ];
+    for client in [&s.agent_tls, &s.agent_tls_h1] {
+        let got = s
+            .lab
+            .block_on(client.fetch(
+                s.lab.agent_connect(at(ip, 443)).unwrap(),
+                "ro.example.test",
+                reqs.clone(),
+                4096,
+            ))
+            .unwrap();
+        assert_eq!(got[0].status, StatusCode::OK);
+        for (i, expect) in [
+            (1, "method POST"),
+            (2, "path /admin"),
+            (3, "path /echo/../admin"),
+            (4, "domain fronting"),
+        ] {
+            assert_eq!(got[i].status, StatusCode::FORBIDDEN, "request {i}");
+            assert!(
+                deny_reason(&got[i]).contains(expect),
+                "request {i}: {:?}",
+                deny_reason(&got[i])
+            );
+            let body = String::from_utf8_lossy(&got[i].body);
+            assert!(
+                body.contains("to allow it:"),
+                "the fix is in the body: {body}"
+            );
+        }
+    }
+    let seen = s.web.seen();
+    assert_eq!(
+        seen.len(),
+        2,
+        "only the two allowed GETs reached the server: {seen:?}"
+    );
+}
+
+/// No SNI, an IP SNI, or an SNI naming another (even allowed) host than the
+/// address: reset before any certificate is shown; nothing reaches upstream.
+#[test]
+fn sni_must_name_the_host_behind_the_address() {
+    let Some(s) = setup() else { return };
+    let ip = resolve(&s.lab, "api.example.test");
+    let _other = resolve(&s.lab, "other.example.test");
+    for sni in ["other.example.test", "198.18.0.1"] {
+        let r = s.lab.block_on(s.agent_tls.fetch(
+            s.lab.agent_connect(at(ip, 443)).unwrap(),
+            sni,
+            vec![get("GET", sni, "/echo")],
+            0,
+        ));
+        let e = format!("{:#}", r.expect_err("must fail"));
+        assert!(
+            e.contains("TLS handshake") || e.contains("reset"),
+            "{sni}: {e}"
+        );
+    }
+    assert!(s.web.seen().is_empty(), "{:?}", s.web.seen());
+    let events = s.lab.events();
+    assert!(
+        events.iter().any(|e| e["event"] == "conn"
+            && e["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("does not match"))),
+        "{events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "conn" && e["reason"] == "no SNI"),
+        "{events:?}"
+    );
+}
+
+/// A self-signed, expired or wrong-name upstream certificate: 502, and the
+/// request was never sent to that server.
+#[test]
+fn upstream_certificates_are_validated() {
+    let Some(s) = setup() else { return };
+    for name in [
+        "selfsigned.example.test",
+        "expired.example.test",
+        "wrongname.example.test",
+    ] {
+        let ip = resolve(&s.lab, name);
+        let got = s
+            .lab
+            .block_on(s.agent_tls.fetch(
+                s.lab.agent_connect(at(ip, 443)).unwrap(),
+                name,
+                vec![get("GET", name, "/echo")],
+                4096,
+            ))
+            .unwrap();
+        assert_eq!(got[0].status, StatusCode::BAD_GATEWAY, "{name}");
+        let body = String::from_utf8_lossy(&got[0].body);
+        assert!(
+            body.contains("certificate") || body.contains("TLS"),
+            "{name}: {body}"
+        );
+    }
+    assert!(
+        s.web.seen().is_empty(),
+        "no request reached a server with a bad certificate: {:?}",
+        s.web.seen()
+    );
+}
+
+/// Plain TCP entries are spliced to the real host; the same host on a port
+/// redirected for someone else is reset, and an HTTPS host's SSH attempt too.
+#[test]
+fn tcp_entries_are_spliced_and_nothing_else() {
+    let Some(s) = setup() else { return };
+    let ssh = s
+        .lab
+        .tcp_recorder(SocketAddr::new(IpAddr::V4(WEB_V4), 22))
+        .unwrap();
+    let git = resolve(&s.lab, "git.example.test");
+    let api = resolve(&s.lab, "api.example.test");
+    let ok = probe::tcp(&s.lab.agent, at(git, 22), Duration::from_secs(5)).unwrap();
+    assert_eq!(ok.outcome, Outcome::Open, "{ok:?}");
+    let denied = probe::tcp(&s.lab.agent, at(api, 22), Duration::from_secs(5)).unwrap();
+    assert!(
+        denied.outcome != Outcome::Open && denied.elapsed < Duration::from_secs(1),
+        "{denied:?}"
+    );
+    let git443 = probe::tcp(&s.lab.agent, at(git, 443), Duration::from_secs(5)).unwrap();
+    assert!(
+        git443.outcome != Outcome::Open,
+        "git.example.test has no HTTPS entry: {git443:?}"
+    );
+    assert_eq!(ssh.seen().len(), 1, "{:?}", ssh.seen());
+}
+
+/// A passthrough host is relayed without interception: the agent sees the
+/// upstream's own certificate (issued by the fake internet's CA).
+#[test]
+fn passthrough_relays_the_upstream_certificate() {
+    let Some(s) = setup() else { return };
+    let ip = resolve(&s.lab, "pinned.example.test");
+    let upstream_trust = Client::new(&s.lab.internet_ca.pem, &[b"http/1.1"]).unwrap();
+    let got = s
+        .lab
+        .block_on(upstream_trust.fetch(
+            s.lab.agent_connect(at(ip, 443)).unwrap(),
+            "pinned.example.test",
+            vec![get("GET", "pinned.example.test", "/echo")],
+            4096,
+        ))
+        .unwrap();
+    assert_eq!(got[0].status, StatusCode::OK);
+    // Trusting only the cell CA fails: the certificate really is the upstream's.
+    let r = s.lab.block_on(s.agent_tls.fetch(
+        s.lab.agent_connect(at(ip, 443)).unwrap(),
+        "pinned.example.test",
+        vec![get("GET", "pinned.example.test", "/echo")],
+        0,
+    ));
+    assert!(r.is_err());
+}
+
+/// Cleartext HTTP on port 80 gets a 403 that says HTTPS is required; nothing is relayed.
+#[test]
+fn cleartext_http_is_refused_with_a_reason() {
+    use std::io::{Read, Write};
+    let Some(s) = setup() else { return };
+    let ip = resolve(&s.lab, "api.example.test");
+    let mut c = s.lab.agent_connect(at(ip, 80)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(b"GET /echo HTTP/1.1\r\nHost: api.example.test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 403"), "{out}");
+    assert!(
+        out.contains("HTTPS is required") && out.contains("https://api.example.test/echo"),
+        "{out}"
+    );
+    assert!(s.web.seen().is_empty());
+}
+
+/// An SSE stream's first event reaches the agent long before the stream ends.
+#[test]
+fn streams_are_relayed_as_they_come() {
+    let Some(s) = setup() else { return };
+    let ip = resolve(&s.lab, "api.example.test");
+    for client in [&s.agent_tls, &s.agent_tls_h1] {
+        let got = s
+            .lab
+            .block_on(client.fetch(
+                s.lab.agent_connect(at(ip, 443)).unwrap(),
+                "api.example.test",
+                vec![get("GET", "api.example.test", "/sse")],
+                4096,
+            ))
+            .unwrap();
+        let first = got[0].first_byte_after.expect("a first event");
+        assert!(
+            first < Duration::from_millis(700),
+            "first event after {first:?}"
+        );
+        assert!(
+            got[0].total >= Duration::from_millis(1400),
+            "stream ended after {:?}",
+            got[0].total
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&got[0].body),
+            "data: first\n\ndata: second\n\n"
+        );
+    }
+}
+
+/// A large download streams through with bounded proxy memory.
+#[test]
+fn large_downloads_stream_with_bounded_memory() {
+    let Some(s) = setup() else { return };
+    let ip = resolve(&s.lab, "api.example.test");
+    let mb: u64 = 100;
+    let got = s
+        .lab
+        .block_on(s.agent_tls.fetch(
+            s.lab.agent_connect(at(ip, 443)).unwrap(),
+            "api.example.test",
+            vec![get("GET", "api.example.test", &format!("/big?mb={mb}"))],
+            0,
+        ))
+        .unwrap();
+    assert_eq!(got[0].status, StatusCode::OK);
+    assert_eq!(got[0].len, mb << 20, "every byte arrived");
+    eprintln!("{mb} MiB through the proxy in {:?}", got[0].total);
+    let events = s.lab.events();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "http" && e["path"] == "/big" && e["status"] == 200),
+        "{events:?}"
+    );
+    let rss = s.lab.proxy_peak_rss().unwrap();
+    assert!(
+        rss < 64 << 20,
+        "peak RSS {} MiB after a {mb} MiB download",
+        rss >> 20
+    );
+}
