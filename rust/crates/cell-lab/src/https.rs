@@ -157,7 +157,7 @@ impl FakeHttps {
         Ok(())
     }
 
-    async fn route(&self, req: Request<Incoming>) -> Response<Body> {
+    async fn route(&self, mut req: Request<Incoming>) -> Response<Body> {
         let host = req
             .uri()
             .authority()
@@ -187,6 +187,28 @@ impl FakeHttps {
                     .map(|b| b.to_bytes().len())
                     .unwrap_or(0);
                 text(StatusCode::OK, format!("{line} body={body}\n"))
+            }
+            "/upgrade" => {
+                // Accepts any upgrade (the WebSocket handshake shape) and echoes raw bytes after the 101.
+                let on = hyper::upgrade::on(&mut req);
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    if let Ok(up) = on.await {
+                        let mut io = TokioIo::new(up);
+                        let mut buf = [0u8; 1024];
+                        while let Ok(n) = io.read(&mut buf).await {
+                            if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                });
+                let mut r = text(StatusCode::SWITCHING_PROTOCOLS, String::new());
+                r.headers_mut()
+                    .insert("connection", "upgrade".parse().expect("static"));
+                r.headers_mut()
+                    .insert("upgrade", "websocket".parse().expect("static"));
+                r
             }
             "/sse" => {
                 let stream = async_stream(vec![
@@ -282,6 +304,18 @@ impl Client {
         Ok(Client {
             tls: tokio_rustls::TlsConnector::from(Arc::new(cfg)),
         })
+    }
+
+    /// Only the TLS connection, for tests that write raw bytes.
+    pub async fn raw(
+        &self,
+        stream: std::net::TcpStream,
+        sni: &str,
+    ) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        stream.set_nonblocking(true)?;
+        let tcp = tokio::net::TcpStream::from_std(stream)?;
+        let name = rustls_pki_types::ServerName::try_from(sni.to_string())?;
+        Ok(self.tls.connect(name, tcp).await?)
     }
 
     /// TLS to `stream` with `sni`, then one request per `(method, path, host)`.

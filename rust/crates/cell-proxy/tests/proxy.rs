@@ -403,3 +403,106 @@ fn large_downloads_stream_with_bounded_memory() {
         rss >> 20
     );
 }
+
+/// Writes `request` raw over TLS (HTTP/1.1) and returns everything read until
+/// the proxy closes or 3 s pass.
+fn raw_exchange(s: &Setup, ip: Ipv4Addr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.lab.block_on(async {
+        let mut tls = s
+            .agent_tls_h1
+            .raw(
+                s.lab.agent_connect(at(ip, 443)).unwrap(),
+                "api.example.test",
+            )
+            .await
+            .unwrap();
+        tls.write_all(request).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(3), tls.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    })
+}
+
+/// Request-smuggling shapes. Two different lengths, obs-fold and a
+/// non-final `chunked` are refused with 400 and never reach the upstream.
+/// Content-Length together with chunked cannot be seen by the service (hyper
+/// drops the length while parsing), so the proxy acts as RFC 9112 §6.3 asks
+/// of an intermediary: the length is removed, the chunked body is what counts,
+/// and the connection is closed after the response — a request smuggled
+/// behind it is never processed, and the upstream sees exactly one request
+/// with unambiguous framing.
+#[test]
+fn smuggling_shapes_are_rejected_or_neutralized() {
+    let Some(s) = setup() else { return };
+    let ip = resolve(&s.lab, "api.example.test");
+    let rejected: [&[u8]; 3] = [
+        b"POST /echo HTTP/1.1\r\nHost: api.example.test\r\nContent-Length: 4\r\nContent-Length: 9\r\n\r\nabcd",
+        b"GET /echo HTTP/1.1\r\nHost: api.example.test\r\nX-Folded: a\r\n b\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: api.example.test\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n",
+    ];
+    for (i, req) in rejected.iter().enumerate() {
+        let out = raw_exchange(&s, ip, req);
+        assert!(out.starts_with("HTTP/1.1 400"), "case {i}: {out:?}");
+    }
+    assert!(s.web.seen().is_empty(), "{:?}", s.web.seen());
+
+    // CL.TE: the classic desync. The chunked body is empty; "GET /smuggled" would
+    // be the next request to a server that trusted Content-Length.
+    let out = raw_exchange(
+        &s,
+        ip,
+        b"POST /echo HTTP/1.1\r\nHost: api.example.test\r\nContent-Length: 30\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: api.example.test\r\n\r\n",
+    );
+    assert_eq!(
+        out.matches("HTTP/1.1 ").count(),
+        1,
+        "exactly one response, then close: {out:?}"
+    );
+    assert!(out.contains("body=0"), "the chunked framing won: {out:?}");
+    assert_eq!(
+        s.web.seen(),
+        vec!["POST /echo api.example.test HTTP/2.0".to_string()],
+        "nothing smuggled upstream"
+    );
+
+    // Control: a well-formed request goes through.
+    let ok = raw_exchange(
+        &s,
+        ip,
+        b"GET /echo HTTP/1.1\r\nHost: api.example.test\r\nConnection: close\r\n\r\n",
+    );
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok:?}");
+}
+
+/// An HTTP/1.1 upgrade (the WebSocket handshake) is relayed, and bytes flow
+/// both ways after the 101.
+#[test]
+fn upgrades_are_relayed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(s) = setup() else { return };
+    let ip = resolve(&s.lab, "api.example.test");
+    let echoed = s.lab.block_on(async {
+        let mut tls = s.agent_tls_h1.raw(s.lab.agent_connect(at(ip, 443)).unwrap(), "api.example.test").await.unwrap();
+        tls.write_all(
+            b"GET /upgrade HTTP/1.1\r\nHost: api.example.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            tls.read_exact(&mut b).await.unwrap();
+            head.push(b[0]);
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        tls.write_all(b"ping over the upgraded stream").await.unwrap();
+        let mut back = [0u8; 29];
+        tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut back)).await.unwrap().unwrap();
+        String::from_utf8_lossy(&back).into_owned()
+    });
+    assert_eq!(echoed, "ping over the upgraded stream");
+    assert_eq!(s.web.seen().len(), 1);
+}
