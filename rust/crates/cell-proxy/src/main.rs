@@ -237,14 +237,20 @@ async fn serve(
     let transparent = tokio::net::TcpListener::bind(transparent_addr)
         .await
         .with_context(|| format!("binding the transparent proxy on {transparent_addr}"))?;
+    let explicit_addr = SocketAddr::from((params.listen, params.explicit_port));
+    let explicit = tokio::net::TcpListener::bind(explicit_addr)
+        .await
+        .with_context(|| format!("binding the explicit proxy on {explicit_addr}"))?;
     let proxy = proxy::Proxy::new(state.clone(), ca.clone(), client_tls)?;
     tokio::spawn(proxy.clone().serve_transparent(transparent));
+    tokio::spawn(proxy.clone().serve_explicit(explicit));
     tracing::info!(%dns_addr, %transparent_addr, ca = %ca.cert_path.display(), "cell-proxy ready");
     events.emit(event(
         "ready",
         [
             ("dns", dns_addr.to_string().into()),
             ("transparent", transparent_addr.to_string().into()),
+            ("explicit", explicit_addr.to_string().into()),
             ("ca", ca.cert_path.display().to_string().into()),
         ],
     ));

@@ -156,6 +156,132 @@ impl Proxy {
         }
     }
 
+    /// The explicit proxy (HTTP CONNECT, for clients that honour HTTPS_PROXY).
+    pub async fn serve_explicit(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let Ok((stream, client)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+                reset(stream);
+                continue;
+            };
+            let me = self.clone();
+            tokio::spawn(async move {
+                let svc_me = me.clone();
+                let service = hyper::service::service_fn(move |req| {
+                    let me = svc_me.clone();
+                    async move { Ok::<_, std::convert::Infallible>(me.explicit(req, client).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .max_buf_size(16 * 1024)
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
+                drop(permit);
+            });
+        }
+    }
+
+    /// One request on the explicit proxy port: CONNECT goes through the same
+    /// checks as a redirected connection; anything else is cleartext and refused.
+    async fn explicit(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Response<Body> {
+        let started = Instant::now();
+        let deny_event = |reason: &str| {
+            self.state.events.emit(event(
+                "conn",
+                [
+                    ("client", client.to_string().into()),
+                    ("kind", "explicit".into()),
+                    ("decision", "deny".into()),
+                    ("reason", reason.into()),
+                ],
+            ))
+        };
+        if req.method() != Method::CONNECT {
+            let target = req.uri().to_string();
+            let https = target
+                .strip_prefix("http://")
+                .map(|rest| format!("use https://{rest}"));
+            deny_event("cleartext-http");
+            return deny_response(
+                StatusCode::FORBIDDEN,
+                &format!(
+                    "{} {target}: cleartext HTTP is not relayed; HTTPS is required",
+                    req.method()
+                ),
+                &https.unwrap_or_else(|| "use CONNECT host:port for HTTPS".to_string()),
+            );
+        }
+        let authority = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .unwrap_or_default();
+        let (host, port) = split_authority(&authority);
+        let (Ok(name), Some(port)) = (normalize_host(host), port.filter(|p| *p != 0)) else {
+            deny_event("bad-target");
+            return deny_response(
+                StatusCode::FORBIDDEN,
+                &format!(
+                    "CONNECT {authority}: the target must be hostname:port (addresses are never allowed)"
+                ),
+                "name the host, e.g. CONNECT api.example.com:443",
+            );
+        };
+        let c = Conn { client, name, port };
+        let policy = self.state.policy();
+        let (rule, kind) = match policy.connection(&c.name, c.port) {
+            ConnDecision::Deny(reason) => {
+                drop(policy);
+                self.conn_event(
+                    &c,
+                    vec![
+                        ("kind", "connect".into()),
+                        ("decision", "deny".into()),
+                        ("reason", reason.to_string().into()),
+                    ],
+                );
+                let fix = match reason {
+                    DenyReason::DeniedBy(o) => format!("remove {o} (`cell policy` shows it)"),
+                    _ => cell_policy::allow_hint(&c.name),
+                };
+                return deny_response(
+                    StatusCode::FORBIDDEN,
+                    &format!("{}:{} is not in the allowlist", c.name, c.port),
+                    &fix,
+                );
+            }
+            ConnDecision::Tcp(e) => (e.origin.to_string(), None),
+            ConnDecision::Https(e) => (e.origin.to_string(), Some(e.passthrough)),
+        };
+        drop(policy);
+        let me = self.clone();
+        tokio::spawn(async move {
+            let Ok(upgraded) = hyper::upgrade::on(req).await else {
+                return;
+            };
+            let tunnel = TokioIo::new(upgraded);
+            match kind {
+                None => {
+                    let r = me.splice(tunnel, &c, Vec::new()).await;
+                    me.splice_event(&c, "tcp", &rule, r, started);
+                }
+                Some(passthrough) => me.clone().tls(tunnel, c, rule, passthrough, started).await,
+            }
+        });
+        Response::new(
+            Full::new(Bytes::new())
+                .map_err(|never| match never {})
+                .boxed(),
+        )
+    }
+
     fn conn_event(&self, c: &Conn, fields: Vec<(&'static str, Value)>) {
         let mut m = event(
             "conn",
@@ -274,9 +400,9 @@ impl Proxy {
 
     /// Connects to the real `name:port` and relays bytes both ways; `prefix`
     /// (an already-read ClientHello) is sent first.
-    async fn splice(
+    async fn splice<S: ClientStream>(
         &self,
-        mut down: TcpStream,
+        mut down: S,
         c: &Conn,
         prefix: Vec<u8>,
     ) -> anyhow::Result<(u64, u64)> {
@@ -294,9 +420,9 @@ impl Proxy {
         Ok((a + prefix.len() as u64, b))
     }
 
-    async fn tls(
+    async fn tls<S: ClientStream>(
         self: Arc<Self>,
-        mut stream: TcpStream,
+        mut stream: S,
         c: Conn,
         rule: String,
         passthrough: bool,
@@ -318,7 +444,7 @@ impl Proxy {
                         ("reason", format!("not TLS: {e:#}").into()),
                     ],
                 );
-                return reset(stream);
+                return stream.abort();
             }
             Err(_) => {
                 self.conn_event(
@@ -328,7 +454,7 @@ impl Proxy {
                         ("reason", "client hello timeout".into()),
                     ],
                 );
-                return reset(stream);
+                return stream.abort();
             }
         };
         // Rule 3: the SNI must name exactly the host behind the address.
@@ -349,7 +475,7 @@ impl Proxy {
                     ("reason", reason.into()),
                 ],
             );
-            return reset(stream);
+            return stream.abort();
         }
         if passthrough {
             let r = self.splice(stream, &c, prefix).await;
@@ -850,6 +976,24 @@ fn deny_response(status: StatusCode, what: &str, fix: &str) -> Response<Body> {
     r
 }
 
+/// A client-side byte stream: a redirected socket, or a CONNECT tunnel.
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Ends the stream as abruptly as the transport allows.
+    fn abort(self)
+    where
+        Self: Sized,
+    {
+    }
+}
+
+impl ClientStream for TcpStream {
+    fn abort(self) {
+        reset(self)
+    }
+}
+
+impl ClientStream for TokioIo<hyper::upgrade::Upgraded> {}
+
 /// Resets a connection (RST, not FIN): a fast, unambiguous failure.
 fn reset(stream: TcpStream) {
     // A zero linger makes close() send RST at once; it never blocks.
@@ -908,7 +1052,9 @@ async fn connect(
 
 /// Reads until a whole ClientHello is parsed. Returns the raw bytes (to be
 /// replayed) and the SNI. Bounded: at most 64 KiB.
-async fn read_client_hello(stream: &mut TcpStream) -> anyhow::Result<(Vec<u8>, Option<String>)> {
+async fn read_client_hello<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> anyhow::Result<(Vec<u8>, Option<String>)> {
     let mut acceptor = rustls::server::Acceptor::default();
     let mut raw = Vec::with_capacity(2048);
     let mut buf = [0u8; 4096];
@@ -991,12 +1137,12 @@ where
 }
 
 /// Replays an already-read prefix, then reads from the socket.
-struct Replay {
+struct Replay<S> {
     prefix: Bytes,
-    inner: TcpStream,
+    inner: S,
 }
 
-impl AsyncRead for Replay {
+impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
@@ -1012,7 +1158,7 @@ impl AsyncRead for Replay {
     }
 }
 
-impl AsyncWrite for Replay {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,

@@ -506,3 +506,106 @@ fn upgrades_are_relayed() {
     assert_eq!(echoed, "ping over the upgraded stream");
     assert_eq!(s.web.seen().len(), 1);
 }
+
+/// Sends `CONNECT target` to the explicit proxy; returns the response head and the socket.
+fn connect_via_proxy(lab: &Lab, target: &str) -> (String, std::net::TcpStream) {
+    use std::io::{Read, Write};
+    let mut c = lab
+        .agent_connect(at(cell_lab::lab::FW_AGENT_V4, cell_lab::lab::EXPLICIT_PORT))
+        .unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(c, "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if c.read(&mut b).unwrap() == 0 {
+            break;
+        }
+        head.push(b[0]);
+    }
+    // Read the body of a denial (Content-Length bounded, small).
+    let head = String::from_utf8_lossy(&head).into_owned();
+    if let Some(len) = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+    {
+        let mut body = vec![0u8; len];
+        c.read_exact(&mut body).unwrap();
+        return (head + &String::from_utf8_lossy(&body), c);
+    }
+    (head, c)
+}
+
+/// The explicit proxy: CONNECT to an allowed host is intercepted under the
+/// same policy (method rules included); CONNECT to a denied host, an unlisted
+/// port or an address gets a 403 naming the fix; cleartext absolute-URI
+/// requests are refused. Only the allowed request reached the internet.
+#[test]
+fn explicit_proxy_connect_follows_the_same_policy() {
+    let Some(s) = setup() else { return };
+    let (head, tunnel) = connect_via_proxy(&s.lab, "ro.example.test:443");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let got = s
+        .lab
+        .block_on(s.agent_tls.fetch(
+            tunnel,
+            "ro.example.test",
+            vec![
+                get("GET", "ro.example.test", "/echo"),
+                get("POST", "ro.example.test", "/echo"),
+            ],
+            4096,
+        ))
+        .unwrap();
+    assert_eq!(got[0].status, StatusCode::OK);
+    assert_eq!(
+        got[1].status,
+        StatusCode::FORBIDDEN,
+        "method rules apply inside CONNECT too"
+    );
+
+    for (target, expect) in [
+        ("evil.example.test:443", "not in the allowlist"),
+        ("api.example.test:8443", "not in the allowlist"),
+        ("203.0.113.10:443", "addresses are never allowed"),
+    ] {
+        let (head, _) = connect_via_proxy(&s.lab, target);
+        assert!(head.starts_with("HTTP/1.1 403"), "{target}: {head}");
+        assert!(
+            head.to_ascii_lowercase().contains("x-cell-deny-reason"),
+            "{head}"
+        );
+        assert!(
+            head.contains(expect) && head.contains("to allow it:"),
+            "{target}: {head}"
+        );
+    }
+    // SNI must still match the CONNECT target.
+    let (_, tunnel) = connect_via_proxy(&s.lab, "api.example.test:443");
+    let r = s.lab.block_on(s.agent_tls.fetch(
+        tunnel,
+        "other.example.test",
+        vec![get("GET", "other.example.test", "/echo")],
+        0,
+    ));
+    assert!(r.is_err(), "SNI other than the CONNECT target is refused");
+
+    use std::io::{Read, Write};
+    let mut c = s
+        .lab
+        .agent_connect(at(cell_lab::lab::FW_AGENT_V4, cell_lab::lab::EXPLICIT_PORT))
+        .unwrap();
+    c.write_all(b"GET http://api.example.test/echo HTTP/1.1\r\nHost: api.example.test\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    assert!(
+        out.starts_with("HTTP/1.1 403") && out.contains("use https://api.example.test/echo"),
+        "{out}"
+    );
+
+    assert_eq!(
+        s.web.seen(),
+        vec!["GET /echo ro.example.test HTTP/2.0".to_string()]
+    );
+}
