@@ -267,12 +267,22 @@ impl Proxy {
                 return;
             };
             let tunnel = TokioIo::new(upgraded);
+            let guard = c.clone();
             match kind {
                 None => {
-                    let r = me.splice(tunnel, &c, Vec::new()).await;
-                    me.splice_event(&c, "tcp", &rule, r, started);
+                    me.guarded(&guard, async {
+                        let r = me.splice(tunnel, &c, Vec::new()).await;
+                        me.splice_event(&c, "tcp", &rule, r, started);
+                    })
+                    .await
                 }
-                Some(passthrough) => me.clone().tls(tunnel, c, rule, passthrough, started).await,
+                Some(passthrough) => {
+                    me.guarded(
+                        &guard,
+                        me.clone().tls(tunnel, c, rule, passthrough, started),
+                    )
+                    .await
+                }
             }
         });
         Response::new(
@@ -280,6 +290,35 @@ impl Proxy {
                 .map_err(|never| match never {})
                 .boxed(),
         )
+    }
+
+    /// Resolves when a reload makes the policy deny this connection's host
+    /// and port. In-flight streams of hosts that stay allowed are untouched.
+    async fn until_denied(&self, c: &Conn) {
+        let mut reloads = self.state.reloads();
+        loop {
+            if reloads.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            if let ConnDecision::Deny(reason) = self.state.policy().connection(&c.name, c.port) {
+                self.conn_event(
+                    c,
+                    vec![
+                        ("decision", "closed".into()),
+                        ("reason", format!("policy reload: {reason}").into()),
+                    ],
+                );
+                return;
+            }
+        }
+    }
+
+    /// Runs `work` for connection `c` until it ends or a reload denies `c`.
+    async fn guarded(&self, c: &Conn, work: impl Future<Output = ()>) {
+        tokio::select! {
+            () = work => {}
+            () = self.until_denied(c) => {}
+        }
     }
 
     fn conn_event(&self, c: &Conn, fields: Vec<(&'static str, Value)>) {
@@ -353,13 +392,21 @@ impl Proxy {
             ConnDecision::Tcp(entry) => {
                 let rule = entry.origin.to_string();
                 drop(policy);
-                let r = self.splice(stream, &c, Vec::new()).await;
-                self.splice_event(&c, "tcp", &rule, r, started);
+                self.guarded(&c, async {
+                    let r = self.splice(stream, &c, Vec::new()).await;
+                    self.splice_event(&c, "tcp", &rule, r, started);
+                })
+                .await;
             }
             ConnDecision::Https(entry) => {
                 let (rule, passthrough) = (entry.origin.to_string(), entry.passthrough);
                 drop(policy);
-                self.tls(stream, c, rule, passthrough, started).await;
+                let guard = c.clone();
+                self.guarded(
+                    &guard,
+                    self.clone().tls(stream, c, rule, passthrough, started),
+                )
+                .await;
             }
         }
     }

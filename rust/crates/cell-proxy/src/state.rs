@@ -27,6 +27,8 @@ pub struct State {
     forwarder: RwLock<Option<Arc<Forwarder>>>,
     pub events: EventLog,
     pub sources: Sources,
+    /// Bumped after every applied reload; open connections watch it.
+    generation: tokio::sync::watch::Sender<u64>,
 }
 
 fn forwarder_for(policy: &Policy) -> Option<Arc<Forwarder>> {
@@ -97,11 +99,17 @@ impl State {
             policy: RwLock::new(Arc::new(policy)),
             events,
             sources,
+            generation: tokio::sync::watch::Sender::new(0),
         }))
     }
 
     pub fn policy(&self) -> Arc<Policy> {
         self.policy.read().expect("policy lock").clone()
+    }
+
+    /// A receiver that wakes after each applied reload.
+    pub fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 
     pub fn forwarder(&self) -> Option<Arc<Forwarder>> {
@@ -144,6 +152,7 @@ impl State {
             *self.forwarder.write().expect("forwarder lock") = forwarder_for(&new);
         }
         *self.policy.write().expect("policy lock") = Arc::new(new);
+        self.generation.send_modify(|g| *g += 1);
         let [a, b] = firewall_fields(&fw);
         self.events.emit(event(
             "policy",

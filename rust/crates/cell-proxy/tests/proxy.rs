@@ -609,3 +609,70 @@ fn explicit_proxy_connect_follows_the_same_policy() {
         vec!["GET /echo ro.example.test HTTP/2.0".to_string()]
     );
 }
+
+/// A reload that removes a host closes that host's in-flight streams; a
+/// stream to a host that stays allowed finishes; new connections to the
+/// removed host are refused.
+#[test]
+fn reload_closes_streams_of_hosts_it_denies() {
+    let Some(s) = setup() else { return };
+    let api = resolve(&s.lab, "api.example.test");
+    let other = resolve(&s.lab, "other.example.test");
+    let (a, b) = (
+        s.lab.agent_connect(at(api, 443)).unwrap(),
+        s.lab.agent_connect(at(other, 443)).unwrap(),
+    );
+    let (cut, kept) = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            std::thread::sleep(Duration::from_millis(400));
+            std::fs::write(
+                s.lab.dir.join("policy.json"),
+                POLICY.replace(r#"{ "host": "api.example.test" },"#, ""),
+            )
+            .unwrap();
+            let ev = s.lab.reload_proxy().unwrap();
+            assert_eq!(ev["decision"], "applied", "{ev}");
+        });
+        s.lab.block_on(async {
+            tokio::join!(
+                s.agent_tls.fetch(
+                    a,
+                    "api.example.test",
+                    vec![get("GET", "api.example.test", "/sse")],
+                    4096
+                ),
+                s.agent_tls.fetch(
+                    b,
+                    "other.example.test",
+                    vec![get("GET", "other.example.test", "/sse")],
+                    4096
+                ),
+            )
+        })
+    });
+    match cut {
+        Err(_) => {}
+        Ok(f) => assert_eq!(
+            String::from_utf8_lossy(&f[0].body),
+            "data: first\n\n",
+            "cut before the second event"
+        ),
+    }
+    let kept = kept.expect("the other stream is untouched");
+    assert_eq!(
+        String::from_utf8_lossy(&kept[0].body),
+        "data: first\n\ndata: second\n\n"
+    );
+    let events = s.lab.events();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["decision"] == "closed" && e["host"] == "api.example.test"),
+        "the close is an event: {events:?}"
+    );
+    let again = probe::tcp(&s.lab.agent, at(api, 443), Duration::from_secs(5)).unwrap();
+    assert!(
+        again.failed_fast(Duration::from_secs(1)),
+        "new connections to the removed host are reset: {again:?}"
+    );
+}
