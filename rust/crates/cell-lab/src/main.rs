@@ -11,7 +11,7 @@ use cell_lab::lab::{self, WEB_V4, fw_dns};
 use cell_lab::probe::{self, Transport};
 use clap::{Parser, Subcommand};
 use hickory_proto::op::{Message, ResponseCode};
-use hickory_proto::rr::{RData, RecordType};
+use hickory_proto::rr::RecordType;
 
 const SAMPLE_POLICY: &str = r#"{
   "https": [
@@ -165,14 +165,7 @@ fn ctrlc_channel(tx: std::sync::mpsc::Sender<()>) -> anyhow::Result<()> {
 }
 
 fn describe(m: &Message) -> String {
-    let addrs: Vec<String> = m
-        .answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(a.0.to_string()),
-            _ => None,
-        })
-        .collect();
+    let addrs: Vec<String> = probe::a_records(m).iter().map(|a| a.to_string()).collect();
     let mut s = match m.metadata.response_code {
         ResponseCode::NoError => "NOERROR".to_string(),
         ResponseCode::NXDomain => "NXDOMAIN".to_string(),
@@ -206,10 +199,7 @@ fn demo(args: ProxyArgs) -> anyhow::Result<()> {
     ] {
         let m = probe::dns(&lab.agent, fw_dns(), name, t, Transport::Udp)?;
         if name.starts_with("api") && t == RecordType::A {
-            synthetic = m.answers.iter().find_map(|r| match &r.data {
-                RData::A(a) => Some(a.0),
-                _ => None,
-            });
+            synthetic = probe::a_records(&m).first().copied();
         }
         println!(
             "  {:<36}{:<6}{}",

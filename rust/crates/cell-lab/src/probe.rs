@@ -257,6 +257,17 @@ fn rand_id() -> u16 {
     RandomState::new().hash_one(Instant::now()) as u16
 }
 
+/// The IPv4 addresses in an answer.
+pub fn a_records(msg: &Message) -> Vec<Ipv4Addr> {
+    msg.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            hickory_proto::rr::RData::A(a) => Some(a.0),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The Extended DNS Error text of an answer, if any.
 pub fn ede_text(msg: &Message) -> Option<String> {
     use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};

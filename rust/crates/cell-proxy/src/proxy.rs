@@ -1140,35 +1140,8 @@ where
     let (mut ar, mut aw) = tokio::io::split(a);
     let (mut br, mut bw) = tokio::io::split(b);
     let last = std::sync::Mutex::new(Instant::now());
-    let touch = || *last.lock().expect("idle lock") = Instant::now();
-    let up = async {
-        let mut n = 0u64;
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            let k = ar.read(&mut buf).await?;
-            if k == 0 {
-                bw.shutdown().await.ok();
-                return Ok::<u64, std::io::Error>(n);
-            }
-            bw.write_all(&buf[..k]).await?;
-            n += k as u64;
-            touch();
-        }
-    };
-    let down = async {
-        let mut n = 0u64;
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            let k = br.read(&mut buf).await?;
-            if k == 0 {
-                aw.shutdown().await.ok();
-                return Ok::<u64, std::io::Error>(n);
-            }
-            aw.write_all(&buf[..k]).await?;
-            n += k as u64;
-            touch();
-        }
-    };
+    let up = pump(&mut ar, &mut bw, &last);
+    let down = pump(&mut br, &mut aw, &last);
     let watchdog = async {
         loop {
             tokio::time::sleep(idle / 4 + Duration::from_millis(10)).await;
@@ -1180,6 +1153,26 @@ where
     tokio::select! {
         r = async { tokio::try_join!(up, down) } => Ok(r?),
         _ = watchdog => bail!("idle for {idle:?}"),
+    }
+}
+
+/// Copies `r` to `w` until EOF (then shuts `w` down), noting activity in `last`.
+async fn pump<R, W>(r: &mut R, w: &mut W, last: &std::sync::Mutex<Instant>) -> std::io::Result<u64>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut n = 0u64;
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let k = r.read(&mut buf).await?;
+        if k == 0 {
+            w.shutdown().await.ok();
+            return Ok(n);
+        }
+        w.write_all(&buf[..k]).await?;
+        n += k as u64;
+        *last.lock().expect("idle lock") = Instant::now();
     }
 }
 

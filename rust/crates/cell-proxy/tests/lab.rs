@@ -44,13 +44,7 @@ fn ask(lab: &Lab, name: &str, qtype: RecordType) -> Message {
 }
 
 fn addrs(m: &Message) -> Vec<Ipv4Addr> {
-    m.answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(a.0),
-            _ => None,
-        })
-        .collect()
+    probe::a_records(m)
 }
 
 fn in_pool(ip: Ipv4Addr) -> bool {

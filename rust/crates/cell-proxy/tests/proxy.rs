@@ -13,7 +13,7 @@ use cell_lab::https::{CertKind, Client, FakeHttps, get};
 use cell_lab::lab::{WEB_V4, fw_dns};
 use cell_lab::probe::{self, Outcome, Transport};
 use cell_lab::{Lab, skip_unless_available};
-use hickory_proto::rr::{RData, RecordType};
+use hickory_proto::rr::RecordType;
 use http::StatusCode;
 use http_body_util::Full;
 
@@ -92,10 +92,9 @@ fn resolve(lab: &Lab, name: &str) -> Ipv4Addr {
         Transport::Udp,
     )
     .unwrap();
-    match &m.answers[0].data {
-        RData::A(a) => a.0,
-        other => panic!("{other:?}"),
-    }
+    *probe::a_records(&m)
+        .first()
+        .unwrap_or_else(|| panic!("{name} did not resolve: {m:?}"))
 }
 
 fn at(ip: Ipv4Addr, port: u16) -> SocketAddr {
