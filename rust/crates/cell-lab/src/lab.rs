@@ -409,13 +409,25 @@ impl Lab {
     }
 
     fn wait_for_event(&self, kind: &str, after: usize, timeout: Duration) -> anyhow::Result<Value> {
+        self.wait_for(kind, |_| true, after, timeout)
+    }
+
+    /// Waits for an event of `kind` past the first `after` of that kind that satisfies `pred`.
+    fn wait_for(
+        &self,
+        kind: &str,
+        pred: impl Fn(&Value) -> bool,
+        after: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Value> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(e) = self
                 .events()
                 .into_iter()
                 .filter(|e| e["event"] == kind)
-                .nth(after)
+                .skip(after)
+                .find(&pred)
             {
                 return Ok(e);
             }
@@ -465,6 +477,8 @@ impl Lab {
         .arg(self.dir.join("state"))
         .arg("--upstream-ca")
         .arg(self.dir.join("internet-ca.pem"))
+        .arg("--control")
+        .arg(self.control_path())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);
@@ -477,6 +491,22 @@ impl Lab {
         self.warm_up_ipv6()
     }
 
+    /// The proxy's control socket.
+    pub fn control_path(&self) -> PathBuf {
+        self.dir.join("control.sock")
+    }
+
+    /// One request on the control socket; the reply.
+    pub fn control(&self, request: &str) -> anyhow::Result<Value> {
+        use std::io::{BufRead, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(self.control_path())?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        writeln!(s, "{request}")?;
+        let mut line = String::new();
+        std::io::BufReader::new(s).read_line(&mut line)?;
+        Ok(serde_json::from_str(&line)?)
+    }
+
     /// Sends SIGHUP to the proxy and returns the `policy` event it answers with.
     pub fn reload_proxy(&self) -> anyhow::Result<Value> {
         let p = self.proxy.as_ref().context("proxy not started")?;
@@ -485,7 +515,13 @@ impl Lab {
             nix::unistd::Pid::from_raw(p.child.id() as i32),
             nix::sys::signal::Signal::SIGHUP,
         )?;
-        self.wait_for_event("policy", before, Duration::from_secs(10))
+        // The file watcher may reload too; wait for the answer to this signal.
+        self.wait_for(
+            "policy",
+            |e| e["cause"] == "sighup",
+            before,
+            Duration::from_secs(10),
+        )
     }
 
     /// The firewall namespace's ruleset as `nft list ruleset` prints it.

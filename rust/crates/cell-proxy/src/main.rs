@@ -1,6 +1,7 @@
 //! `cell-proxy`: the firewall daemon. See `cell-proxy --help`.
 
 mod ca;
+mod control;
 mod dns;
 mod events;
 mod proxy;
@@ -100,6 +101,10 @@ struct Cli {
     #[arg(long, default_value = "/var/lib/cell-proxy", value_name = "DIR")]
     state_dir: PathBuf,
 
+    /// Control socket (JSON lines: {"op":"reload"}, {"op":"status"}); mode 0600.
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
+
     /// Extra CA certificates (PEM) trusted for upstream servers, besides the system roots. Repeatable.
     #[arg(long, value_name = "FILE")]
     upstream_ca: Vec<PathBuf>,
@@ -173,7 +178,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(sources, events, params, ca, client_tls))
+    let control = cli.control.clone();
+    runtime.block_on(serve(sources, events, params, ca, client_tls, control))
 }
 
 /// The kernel limits ICMP errors per destination (1/s after a small burst) unless
@@ -207,6 +213,7 @@ async fn serve(
     params: FirewallParams,
     ca: Arc<ca::Ca>,
     client_tls: rustls::ClientConfig,
+    control_path: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let state = State::start(sources, events.clone()).context("loading the policy")?;
     warn_on_icmp_ratelimit();
@@ -244,6 +251,12 @@ async fn serve(
     let proxy = proxy::Proxy::new(state.clone(), ca.clone(), client_tls)?;
     tokio::spawn(proxy.clone().serve_transparent(transparent));
     tokio::spawn(proxy.clone().serve_explicit(explicit));
+    let mut watched = vec![state.sources.policy.clone()];
+    watched.extend(state.sources.overlay.clone());
+    tokio::spawn(control::watch_files(state.clone(), watched));
+    if let Some(path) = control_path {
+        control::serve(state.clone(), path).await?;
+    }
     tracing::info!(%dns_addr, %transparent_addr, ca = %ca.cert_path.display(), "cell-proxy ready");
     events.emit(event(
         "ready",

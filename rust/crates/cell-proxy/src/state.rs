@@ -29,6 +29,7 @@ pub struct State {
     pub sources: Sources,
     /// Bumped after every applied reload; open connections watch it.
     generation: tokio::sync::watch::Sender<u64>,
+    reload_lock: Mutex<()>,
 }
 
 fn forwarder_for(policy: &Policy) -> Option<Arc<Forwarder>> {
@@ -100,6 +101,7 @@ impl State {
             events,
             sources,
             generation: tokio::sync::watch::Sender::new(0),
+            reload_lock: Mutex::new(()),
         }))
     }
 
@@ -119,18 +121,21 @@ impl State {
     /// Re-reads policy and overlay. An invalid document, or a ruleset the
     /// kernel refuses, leaves the running policy and rules exactly as they
     /// were and reports why.
-    pub fn reload(&self, cause: &str) -> bool {
+    /// Returns the `policy` event it emitted. Reloads never overlap.
+    pub fn reload(&self, cause: &str) -> serde_json::Map<String, Value> {
+        let _one_at_a_time = self.reload_lock.lock().expect("reload lock");
         let refused = |why: String| {
             tracing::error!("policy reload refused, keeping the running policy: {why}");
-            self.events.emit(event(
+            let ev = event(
                 "policy",
                 [
                     ("decision", "refused".into()),
                     ("cause", cause.into()),
                     ("reason", why.into()),
                 ],
-            ));
-            false
+            );
+            self.events.emit(ev.clone());
+            ev
         };
         let new = match Policy::load(&self.sources.policy, self.sources.overlay.as_deref()) {
             Ok(p) => p,
@@ -154,7 +159,7 @@ impl State {
         *self.policy.write().expect("policy lock") = Arc::new(new);
         self.generation.send_modify(|g| *g += 1);
         let [a, b] = firewall_fields(&fw);
-        self.events.emit(event(
+        let ev = event(
             "policy",
             [
                 ("decision", "applied".into()),
@@ -162,8 +167,9 @@ impl State {
                 a,
                 b,
             ],
-        ));
+        );
+        self.events.emit(ev.clone());
         tracing::info!(cause, "policy reloaded");
-        true
+        ev
     }
 }

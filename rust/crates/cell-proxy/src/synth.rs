@@ -45,7 +45,6 @@ impl SyntheticTable {
         }
     }
 
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.by_name.len()
     }
