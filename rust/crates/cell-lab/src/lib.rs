@@ -11,11 +11,35 @@
 pub mod fake;
 pub mod https;
 pub mod lab;
-pub mod netns;
 pub mod probe;
 
+pub use cell_netns::Netns;
 pub use lab::{Lab, NS_PREFIX, Wire};
-pub use netns::Netns;
+
+/// Namespace helpers, and `gc` for what crashed runs left behind.
+pub mod netns {
+    pub use cell_netns::*;
+
+    /// Removes namespaces left by lab runs whose process is gone (after a
+    /// SIGKILL, say). Returns their names.
+    pub fn gc() -> anyhow::Result<Vec<String>> {
+        let out = sh("ip", ["netns", "list"])?;
+        let mut removed = Vec::new();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let name = line.split_whitespace().next().unwrap_or_default();
+            let Some(rest) = name.strip_prefix(crate::lab::NS_PREFIX) else {
+                continue;
+            };
+            let pid: Option<i32> = rest.split('-').next().and_then(|p| p.parse().ok());
+            let alive = pid.is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+            if !alive {
+                drop(Netns::adopt(name));
+                removed.push(name.to_string());
+            }
+        }
+        Ok(removed)
+    }
+}
 
 /// Whether this process can build a lab (root, `ip`, `nft`). Tests call this
 /// first; outside CI they skip with a message when it says no, in CI they fail.

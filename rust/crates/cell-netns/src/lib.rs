@@ -1,4 +1,5 @@
-//! Named network namespaces that remove themselves on drop.
+//! Named network namespaces that remove themselves on drop, shared by the
+//! namespace lab and `cell jail`.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -40,6 +41,15 @@ where
 #[derive(Debug)]
 pub struct Netns {
     name: String,
+}
+
+impl Netns {
+    /// Takes ownership of an existing namespace (to remove it on drop).
+    pub fn adopt(name: &str) -> Self {
+        Netns {
+            name: name.to_string(),
+        }
+    }
 }
 
 impl Netns {
@@ -116,26 +126,4 @@ impl Drop for Netns {
             .stderr(Stdio::null())
             .status();
     }
-}
-
-/// Removes namespaces left by lab runs whose process is gone (after a
-/// SIGKILL, say). Returns their names.
-pub fn gc() -> anyhow::Result<Vec<String>> {
-    let out = sh("ip", ["netns", "list"])?;
-    let mut removed = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let name = line.split_whitespace().next().unwrap_or_default();
-        let Some(rest) = name.strip_prefix(crate::lab::NS_PREFIX) else {
-            continue;
-        };
-        let pid: Option<i32> = rest.split('-').next().and_then(|p| p.parse().ok());
-        let alive = pid.is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
-        if !alive {
-            drop(Netns {
-                name: name.to_string(),
-            });
-            removed.push(name.to_string());
-        }
-    }
-    Ok(removed)
 }
