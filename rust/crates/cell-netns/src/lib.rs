@@ -36,6 +36,25 @@ where
     Ok(out)
 }
 
+/// Runs `f` on a scoped thread that has entered the named namespace
+/// (`/run/netns/<name>`). Sockets created there stay in that namespace, and
+/// child processes spawned there start in it.
+pub fn run_in<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
+    let path = format!("/run/netns/{name}");
+    let file = File::open(&path)
+        .with_context(|| format!("opening {path} (does network namespace {name} exist?)"))?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                setns(&file, CloneFlags::CLONE_NEWNET)
+                    .context("entering the namespace (needs CAP_SYS_ADMIN)")?;
+                Ok(f())
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("thread inside namespace {name} panicked"))?
+    })
+}
+
 /// A named network namespace (`ip netns add`), deleted on drop together with
 /// every process still inside it.
 #[derive(Debug)]

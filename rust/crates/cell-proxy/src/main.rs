@@ -101,6 +101,12 @@ struct Cli {
     #[arg(long, default_value = "/var/lib/cell-proxy", value_name = "DIR")]
     state_dir: PathBuf,
 
+    /// Bind the listeners and install the rules inside this named network namespace
+    /// (`/run/netns/NAME`) while upstream connections leave from the daemon's own.
+    /// `cell jail` uses it: the firewall namespace then needs no uplink at all.
+    #[arg(long, value_name = "NAME")]
+    listen_netns: Option<String>,
+
     /// Control socket (JSON lines: {"op":"reload"}, {"op":"status"}); mode 0600.
     #[arg(long, value_name = "PATH")]
     control: Option<PathBuf>,
@@ -170,6 +176,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         policy: cli.policy.clone(),
         overlay: cli.overlay.clone(),
         firewall: (!cli.no_firewall).then(|| (cli.nft.clone(), params.clone())),
+        netns: cli.listen_netns.clone(),
     };
     let ca = Arc::new(ca::Ca::load_or_create(&cli.state_dir, 1024).context("loading the cell CA")?);
     let client_tls = proxy::client_tls(&cli.upstream_ca)?;
@@ -219,17 +226,39 @@ async fn serve(
     warn_on_icmp_ratelimit();
     let policy = state.policy();
     let dns_addr = SocketAddr::from((params.listen, params.dns_port));
-    let udp = tokio::net::UdpSocket::bind(dns_addr)
-        .await
-        .with_context(|| {
+    let transparent_addr = SocketAddr::from((params.listen, params.transparent_port));
+    let explicit_addr = SocketAddr::from((params.listen, params.explicit_port));
+    let bind = || -> anyhow::Result<_> {
+        let hint = |what: &str, addr: SocketAddr| {
             format!(
-                "binding DNS (UDP) on {dns_addr}; is the address configured on {}?",
+                "binding {what} on {addr}; is the address configured on {}?",
                 params.agent_iface
             )
-        })?;
-    let tcp = tokio::net::TcpListener::bind(dns_addr)
-        .await
-        .with_context(|| format!("binding DNS (TCP) on {dns_addr}"))?;
+        };
+        Ok((
+            std::net::UdpSocket::bind(dns_addr).with_context(|| hint("DNS (UDP)", dns_addr))?,
+            std::net::TcpListener::bind(dns_addr).with_context(|| hint("DNS (TCP)", dns_addr))?,
+            std::net::TcpListener::bind(transparent_addr)
+                .with_context(|| hint("the transparent proxy", transparent_addr))?,
+            std::net::TcpListener::bind(explicit_addr)
+                .with_context(|| hint("the explicit proxy", explicit_addr))?,
+        ))
+    };
+    let (udp, tcp, transparent, explicit) = match &state.sources.netns {
+        Some(ns) => cell_netns::run_in(ns, bind)??,
+        None => bind()?,
+    };
+    let tokio_listener = |l: std::net::TcpListener| -> anyhow::Result<tokio::net::TcpListener> {
+        l.set_nonblocking(true)?;
+        Ok(tokio::net::TcpListener::from_std(l)?)
+    };
+    udp.set_nonblocking(true)?;
+    let udp = tokio::net::UdpSocket::from_std(udp)?;
+    let (tcp, transparent, explicit) = (
+        tokio_listener(tcp)?,
+        tokio_listener(transparent)?,
+        tokio_listener(explicit)?,
+    );
     let mut server = Server::new(dns::DnsHandler::new(
         state.clone(),
         policy.limits.dns_concurrency as usize,
@@ -240,14 +269,6 @@ async fn serve(
         Duration::from_secs(policy.limits.dns_tcp_idle_secs.into()),
         64,
     );
-    let transparent_addr = SocketAddr::from((params.listen, params.transparent_port));
-    let transparent = tokio::net::TcpListener::bind(transparent_addr)
-        .await
-        .with_context(|| format!("binding the transparent proxy on {transparent_addr}"))?;
-    let explicit_addr = SocketAddr::from((params.listen, params.explicit_port));
-    let explicit = tokio::net::TcpListener::bind(explicit_addr)
-        .await
-        .with_context(|| format!("binding the explicit proxy on {explicit_addr}"))?;
     let proxy = proxy::Proxy::new(state.clone(), ca.clone(), client_tls)?;
     tokio::spawn(proxy.clone().serve_transparent(transparent));
     tokio::spawn(proxy.clone().serve_explicit(explicit));

@@ -19,6 +19,8 @@ pub struct Sources {
     pub overlay: Option<PathBuf>,
     /// `None`: do not touch nftables (`--no-firewall`).
     pub firewall: Option<(String, FirewallParams)>,
+    /// Apply the rules inside this named network namespace (`--listen-netns`).
+    pub netns: Option<String>,
 }
 
 pub struct State {
@@ -55,7 +57,11 @@ fn apply_firewall(sources: &Sources, policy: &Policy) -> anyhow::Result<Option<(
         return Ok(None);
     };
     let ruleset = nft::compile(policy, params);
-    let applied = nft::apply(program, &ruleset, &params.table)?;
+    let applied = match &sources.netns {
+        // nft is a child process: spawned from a thread inside the namespace, it runs there.
+        Some(ns) => cell_netns::run_in(ns, || nft::apply(program, &ruleset, &params.table))??,
+        None => nft::apply(program, &ruleset, &params.table)?,
+    };
     Ok(Some((applied, ruleset.fingerprint)))
 }
 

@@ -1,0 +1,459 @@
+//! `cell jail -- CMD`: the firewall without a VM.
+//!
+//! ```text
+//!   host netns: cell-proxy ──(its own upstream connections)──► internet
+//!                   │ listeners and nftables live in ▼
+//!   cell-jail-<pid>-fw:  agent0 10.89.0.1   (no uplink; the default route points back at the agent)
+//!                   │ veth
+//!   cell-jail-<pid>-agent: eth0 10.89.0.2, default via the firewall, resolv.conf → 10.89.0.1
+//!                   CMD runs here
+//! ```
+//!
+//! The firewall namespace has no uplink: nothing the command sends can leave
+//! except through the proxy's decisions. The isolation is weaker than the VM
+//! (a shared kernel), the policy is the same. Everything created is removed
+//! when the command exits, also on Ctrl-C or an error.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use cell_netns::{Netns, sh};
+use serde_json::{Value, json};
+
+/// Exit status when the jail itself failed (the command's own status otherwise).
+pub const JAIL_FAILED: u8 = 125;
+
+const AFTER_HELP: &str = "\
+Examples:
+  cell jail --allow api.anthropic.com --allow '*.github.com' -- claude
+  cell jail --policy policy.json --allow pypi.org -- pip install requests
+  cell jail --allow-tcp github.com:22 -- git clone git@github.com:org/repo.git
+
+The command sees only the firewall: DNS answers for allowed names, HTTPS to them
+(intercepted with a per-run CA that is offered through SSL_CERT_FILE, NIX_SSL_CERT_FILE,
+NODE_EXTRA_CA_CERTS, REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE and GIT_SSL_CAINFO), and
+the TCP ports you allowed. Anything else fails at once with a reason.
+Exit status: the command's; 125 when the jail itself could not be set up.
+Needs root (network namespaces, nftables). Isolation is a shared kernel: for an
+agent that may try to escape, use the VM (`cell`).";
+
+#[derive(clap::Args)]
+#[command(after_help = AFTER_HELP)]
+pub struct Args {
+    /// Policy document (JSON, see docs/policy.md); --allow entries are added to it.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+
+    /// Allow HTTPS to HOST (`api.example.com` or `*.example.com`). Repeatable.
+    #[arg(long = "allow", value_name = "HOST")]
+    allow: Vec<String>,
+
+    /// Allow plain TCP to HOST:PORT (`github.com:22`). Repeatable.
+    #[arg(long = "allow-tcp", value_name = "HOST:PORT")]
+    allow_tcp: Vec<String>,
+
+    /// Resolver the proxy uses for allowed names (default: the host's resolv.conf). Repeatable.
+    #[arg(long = "dns-upstream", value_name = "IP[:PORT]")]
+    dns_upstream: Vec<String>,
+
+    /// Extra CA (PEM) the proxy trusts for upstream servers. Repeatable.
+    #[arg(long, value_name = "FILE")]
+    upstream_ca: Vec<PathBuf>,
+
+    /// The cell-proxy binary (default: next to this one, then $PATH).
+    #[arg(long, value_name = "PATH")]
+    proxy: Option<PathBuf>,
+
+    /// Keep the run directory (event log, CA, proxy log) and print where it is.
+    #[arg(long)]
+    keep: bool,
+
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+const AGENT_ADDR: &str = "10.89.0.2/24";
+const FW_ADDR: &str = "10.89.0.1";
+
+/// The run directory; removed on drop unless kept.
+struct RunDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        if self.keep {
+            eprintln!("cell jail: kept {}", self.path.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// `/etc/netns/<agent>/`, whose resolv.conf `ip netns exec` mounts over /etc/resolv.conf.
+struct EtcNetns(PathBuf);
+
+impl Drop for EtcNetns {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+struct ProxyProcess(Child);
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn find_proxy(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p);
+    }
+    let beside = std::env::current_exe()?.with_file_name("cell-proxy");
+    if beside.exists() {
+        return Ok(beside);
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("cell-proxy"))
+                .find(|c| c.exists())
+        })
+        .unwrap_or_default();
+    on_path.context("cell-proxy not found next to cell or on $PATH; pass --proxy")
+}
+
+/// The base policy (user's, with --dns-upstream applied) and the overlay from the flags.
+fn documents(args: &Args) -> anyhow::Result<(Value, Value)> {
+    let mut base: Value = match &args.policy {
+        Some(p) => serde_json::from_str(
+            &fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        )
+        .with_context(|| format!("{} is not JSON", p.display()))?,
+        None => json!({}),
+    };
+    if !args.dns_upstream.is_empty() {
+        let obj = base
+            .as_object_mut()
+            .context("the policy must be a JSON object")?;
+        let dns = obj.entry("dns").or_insert_with(|| json!({}));
+        dns.as_object_mut()
+            .context("`dns` must be an object")?
+            .insert("upstream".into(), json!(args.dns_upstream));
+    }
+    let https: Vec<Value> = args.allow.iter().map(|h| json!({ "host": h })).collect();
+    let mut tcp = Vec::new();
+    for spec in &args.allow_tcp {
+        let (host, port) = spec
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+            .with_context(|| format!("--allow-tcp {spec}: write HOST:PORT, e.g. github.com:22"))?;
+        tcp.push(json!({ "host": host, "ports": [port] }));
+    }
+    Ok((base, json!({ "https": https, "tcp": tcp })))
+}
+
+fn write(path: &Path, text: &str) -> anyhow::Result<()> {
+    fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Sets up the jail, runs the command, tears everything down; returns the command's status.
+pub fn run(args: Args) -> anyhow::Result<u8> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("cell jail needs root (network namespaces and nftables); run it with sudo");
+    }
+    for (tool, pkg) in [("ip", "iproute2"), ("nft", "nftables")] {
+        if Command::new(tool).arg("-V").output().is_err() {
+            bail!("`{tool}` is missing: install {pkg}");
+        }
+    }
+    let proxy_bin = find_proxy(args.proxy.clone())?;
+    let signals = Signals::install()?;
+    let id = std::process::id();
+    let path = std::env::temp_dir().join(format!("cell-jail-{id}"));
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    let dir = RunDir {
+        path,
+        keep: args.keep,
+    };
+
+    // Policy: validated before anything touches the network.
+    let (base, overlay) = documents(&args)?;
+    let policy_path = dir.path.join("policy.json");
+    let overlay_path = dir.path.join("overlay.json");
+    write(&policy_path, &serde_json::to_string_pretty(&base)?)?;
+    write(&overlay_path, &serde_json::to_string_pretty(&overlay)?)?;
+    let policy = cell_policy::Policy::load(&policy_path, Some(&overlay_path)).map_err(|e| {
+        anyhow::anyhow!("{e}")
+            .context("the policy was refused (from --policy and the --allow flags)")
+    })?;
+    if policy.https.is_empty() && policy.tcp.is_empty() {
+        eprintln!(
+            "cell jail: nothing is allowed; every connection will be refused (add --allow HOST)"
+        );
+    }
+    if !policy.cidr.is_empty() {
+        bail!(
+            "`cidr` entries cannot be routed by cell jail (its firewall has no uplink); remove them or use the VM"
+        );
+    }
+
+    // Namespaces and the link between them.
+    let agent = Netns::create(&format!("cell-jail-{id}-agent"))?;
+    let fw = Netns::create(&format!("cell-jail-{id}-fw"))?;
+    sh(
+        "ip",
+        [
+            "link",
+            "add",
+            "eth0",
+            "netns",
+            agent.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "agent0",
+            "netns",
+            fw.name(),
+        ],
+    )?;
+    for (ns, ifc) in [(&agent, "eth0"), (&fw, "agent0")] {
+        // IPv4 only on the jail link: an application tries IPv6 never, not first.
+        ns.exec(
+            "sysctl",
+            &["-qw", &format!("net.ipv6.conf.{ifc}.disable_ipv6=1")],
+        )?;
+    }
+    agent.ip(&["addr", "add", AGENT_ADDR, "dev", "eth0"])?;
+    agent.ip(&["link", "set", "eth0", "up"])?;
+    agent.ip(&["route", "add", "default", "via", FW_ADDR])?;
+    fw.ip(&["addr", "add", &format!("{FW_ADDR}/24"), "dev", "agent0"])?;
+    fw.ip(&["link", "set", "agent0", "up"])?;
+    // Rejected UDP and pings must fail at once, not after the per-destination ICMP rate limit.
+    fw.exec(
+        "sysctl",
+        &["-qw", "net.ipv4.icmp_ratelimit=0", "net.ipv4.ip_forward=1"],
+    )?;
+    // No uplink. The default route points back out the agent link, so a stray packet
+    // meets the ruleset's forward chain (a reset or admin-prohibited, logged) instead of
+    // vanishing in routing, and could only ever go back to the agent.
+    fw.ip(&["route", "add", "default", "dev", "agent0"])?;
+    if let Err(code) = signals.check() {
+        return Ok(code);
+    }
+    let etc = EtcNetns(PathBuf::from("/etc/netns").join(agent.name()));
+    fs::create_dir_all(&etc.0)?;
+    write(
+        &etc.0.join("resolv.conf"),
+        &format!("nameserver {FW_ADDR}\n"),
+    )?;
+
+    // The daemon: in this netns, listening and filtering in the firewall one.
+    let events = dir.path.join("events.jsonl");
+    let mut cmd = Command::new(&proxy_bin);
+    cmd.arg("--policy")
+        .arg(&policy_path)
+        .arg("--overlay")
+        .arg(&overlay_path);
+    cmd.args([
+        "--agent-iface",
+        "agent0",
+        "--listen",
+        FW_ADDR,
+        "--listen-netns",
+        fw.name(),
+    ]);
+    cmd.arg("--events")
+        .arg(&events)
+        .arg("--state-dir")
+        .arg(dir.path.join("state"));
+    cmd.arg("--control").arg(dir.path.join("control.sock"));
+    for ca in &args.upstream_ca {
+        cmd.arg("--upstream-ca").arg(ca);
+    }
+    let log = fs::File::create(dir.path.join("proxy.log"))?;
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+    let proxy = ProxyProcess(
+        unblocked(&mut cmd)
+            .spawn()
+            .with_context(|| format!("starting {}", proxy_bin.display()))?,
+    );
+    if let Err(code) = wait_ready(&events, &dir.path.join("proxy.log"), &proxy, &signals)? {
+        return Ok(code);
+    }
+
+    // Trust: the system roots plus this run's CA.
+    let cell_ca = dir.path.join("state/ca.crt");
+    let bundle = dir.path.join("ca-bundle.pem");
+    let mut pem = [
+        "/etc/ssl/certs/ca-certificates.crt",
+        "/etc/pki/tls/certs/ca-bundle.crt",
+    ]
+    .iter()
+    .find_map(|p| fs::read_to_string(p).ok())
+    .unwrap_or_default();
+    pem.push_str(&fs::read_to_string(&cell_ca).context("reading the cell CA")?);
+    write(&bundle, &pem)?;
+    for f in [&bundle, &cell_ca] {
+        fs::set_permissions(f, fs::Permissions::from_mode(0o644))?;
+    }
+
+    // The command. Ctrl-C reaches it through the terminal; we stay to clean up.
+    let mut child = Command::new("ip");
+    child
+        .args(["netns", "exec", agent.name()])
+        .args(&args.command);
+    for var in [
+        "SSL_CERT_FILE",
+        "NIX_SSL_CERT_FILE",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+        "GIT_SSL_CAINFO",
+    ] {
+        child.env(var, &bundle);
+    }
+    child
+        .env("NODE_EXTRA_CA_CERTS", &cell_ca)
+        .env("CELL_JAIL", "1");
+    if let Err(code) = signals.check() {
+        return Ok(code);
+    }
+    let mut child = unblocked(&mut child)
+        .spawn()
+        .context("starting the command")?;
+    signals.child.store(child.id() as i32, Ordering::SeqCst);
+    let status = child.wait()?;
+    let _ = std::io::stderr().flush();
+    drop(proxy);
+    drop(etc);
+    drop(fw);
+    drop(agent);
+    drop(dir);
+    use std::os::unix::process::ExitStatusExt;
+    Ok(match (status.code(), status.signal()) {
+        (Some(c), _) => c.clamp(0, 255) as u8,
+        (None, Some(sig)) => (128 + sig).clamp(0, 255) as u8,
+        _ => JAIL_FAILED,
+    })
+}
+
+/// `Ok(Err(code))` when a signal ended the wait.
+fn wait_ready(
+    events: &Path,
+    log: &Path,
+    proxy: &ProxyProcess,
+    signals: &Signals,
+) -> anyhow::Result<Result<(), u8>> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = fs::read_to_string(events).unwrap_or_default();
+        if text.lines().any(|l| l.contains(r#""event":"ready""#)) {
+            return Ok(Ok(()));
+        }
+        if let Err(code) = signals.check() {
+            return Ok(Err(code));
+        }
+        let exited = fs::read_to_string(format!("/proc/{}/stat", proxy.0.id()))
+            .map(|s| {
+                s.rsplit_once(')')
+                    .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true);
+        if exited || Instant::now() > deadline {
+            bail!(
+                "cell-proxy did not start:\n{}",
+                fs::read_to_string(log).unwrap_or_default().trim()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Signal handling for the whole run. The signals are blocked in this process
+/// before any thread or child exists and received by one waiter thread, so a
+/// Ctrl-C at any moment — during set-up too — ends in the normal clean-up.
+/// Children get them unblocked again (see [`unblocked`]).
+struct Signals {
+    /// The last signal received (0: none).
+    got: Arc<AtomicI32>,
+    /// The command's pid once it runs (0: not yet).
+    child: Arc<AtomicI32>,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use nix::sys::signal::{SigSet, Signal};
+        let mut set = SigSet::empty();
+        for sig in [
+            Signal::SIGINT,
+            Signal::SIGQUIT,
+            Signal::SIGTERM,
+            Signal::SIGHUP,
+        ] {
+            set.add(sig);
+        }
+        set.thread_block()?;
+        let (got, child) = (Arc::new(AtomicI32::new(0)), Arc::new(AtomicI32::new(0)));
+        let (g, c) = (got.clone(), child.clone());
+        std::thread::spawn(move || {
+            while let Ok(sig) = set.wait() {
+                g.store(sig as i32, Ordering::SeqCst);
+                // SIGINT and SIGQUIT reach the command from the terminal itself;
+                // SIGTERM and SIGHUP sent to us are passed on.
+                let pid = c.load(Ordering::SeqCst);
+                if pid > 0 && matches!(sig, Signal::SIGTERM | Signal::SIGHUP) {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+                }
+            }
+        });
+        Ok(Signals { got, child })
+    }
+
+    /// `Err` with the exit status to use when a signal arrived during set-up.
+    fn check(&self) -> Result<(), u8> {
+        match self.got.load(Ordering::SeqCst) {
+            0 => Ok(()),
+            sig => Err((128 + sig).clamp(0, 255) as u8),
+        }
+    }
+}
+
+/// Makes `cmd` start with the signals unblocked (the mask survives exec).
+fn unblocked(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only pthread_sigmask runs between fork and exec, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::signal::SigSet::all()
+                .thread_unblock()
+                .map_err(std::io::Error::from)
+        })
+    }
+}
