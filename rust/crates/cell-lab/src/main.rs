@@ -233,7 +233,7 @@ fn demo(args: ProxyArgs) -> anyhow::Result<()> {
             Duration::from_secs(3),
         )?;
         println!(
-            "  udp {:<40} {:?} after {:?}",
+            "  udp  {:<48} {:?} after {:?}",
             format!("{ip}:443 (QUIC to api.example.test)"),
             p.outcome,
             p.elapsed
@@ -241,9 +241,91 @@ fn demo(args: ProxyArgs) -> anyhow::Result<()> {
     }
     let (ping, took) = probe::ping(&lab.agent, WEB_V4, Duration::from_secs(3))?;
     println!("  icmp {:<48} {ping:?} after {took:?}", "echo 203.0.113.10");
+    println!("\nHTTPS from the agent (trusting the cell CA), through the intercepting proxy:");
+    let web = lab.https_server(&[("api.example.test", cell_lab::https::CertKind::Valid)])?;
+    if let Some(ip) = synthetic {
+        let client = cell_lab::https::Client::new(&lab.cell_ca_pem()?, &[b"h2", b"http/1.1"])?;
+        let stream = lab.agent_connect(SocketAddr::new(IpAddr::V4(ip), 443))?;
+        let got = lab.block_on(client.fetch(
+            stream,
+            "api.example.test",
+            vec![
+                cell_lab::https::get("GET", "api.example.test", "/echo"),
+                cell_lab::https::get("GET", "raw.github.test", "/echo"),
+            ],
+            512,
+        ))?;
+        for (what, f) in [
+            "GET https://api.example.test/echo",
+            "same connection, Host: raw.github.test",
+        ]
+        .iter()
+        .zip(&got)
+        {
+            let reason = f
+                .headers
+                .get("x-cell-deny-reason")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            println!(
+                "  {what:<48} {} {}",
+                f.status,
+                if reason.is_empty() {
+                    String::from_utf8_lossy(&f.body).trim().to_string()
+                } else {
+                    reason.to_string()
+                }
+            );
+        }
+    }
+    let cell = std::env::current_exe()?.with_file_name("cell");
+    if cell.exists()
+        && std::process::Command::new("curl")
+            .arg("--version")
+            .output()
+            .is_ok()
+    {
+        println!(
+            "\nThe same firewall without a VM: `cell jail` (its host here is the lab's firewall namespace):"
+        );
+        for url in [
+            "https://api.example.test/echo",
+            "https://evil.example.test/",
+            "https://203.0.113.10/",
+        ] {
+            let out = lab
+                .firewall
+                .command(&cell)
+                .args([
+                    "jail",
+                    "--allow",
+                    "api.example.test",
+                    "--dns-upstream",
+                    "192.0.2.53",
+                    "--upstream-ca",
+                ])
+                .arg(lab.dir.join("internet-ca.pem"))
+                .args(["--", "curl", "-sS", "--max-time", "5", url])
+                .output()?;
+            let text = if out.status.success() {
+                String::from_utf8_lossy(&out.stdout)
+            } else {
+                String::from_utf8_lossy(&out.stderr)
+            };
+            println!(
+                "  cell jail --allow api.example.test -- curl {url:<34} exit {} {}",
+                out.status.code().unwrap_or(-1),
+                text.trim()
+            );
+        }
+    }
+    println!(
+        "\nRequests that reached the fake HTTPS server: {:?}",
+        web.seen()
+    );
     let wire = lab.wire()?;
     println!(
-        "\nPackets that reached the internet side: {} to the resolver, {} other",
+        "\nPackets that reached the internet side: {} to the resolver, {} other (the proxy's own upstream connections)",
         wire.resolver, wire.other
     );
     println!("\nEvent log ({}):", lab.events_path().display());
