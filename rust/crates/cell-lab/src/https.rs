@@ -138,6 +138,7 @@ impl FakeHttps {
         let me = self.clone();
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
+                let _ = tcp.set_nodelay(true);
                 let acceptor = acceptor.clone();
                 let me = me.clone();
                 tokio::spawn(async move {

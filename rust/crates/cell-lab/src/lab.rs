@@ -356,6 +356,16 @@ impl Lab {
         self.runtime.block_on(f)
     }
 
+    /// The running proxy's pid.
+    pub fn proxy_pid(&self) -> Option<u32> {
+        self.proxy.as_ref().map(|p| p.child.id())
+    }
+
+    /// Stops the proxy (its rules stay, as they would on the firewall).
+    pub fn stop_proxy(&mut self) {
+        self.proxy.take();
+    }
+
     /// The proxy's peak resident memory (VmHWM), bytes.
     pub fn proxy_peak_rss(&self) -> anyhow::Result<u64> {
         let p = self.proxy.as_ref().context("proxy not started")?;

@@ -8,6 +8,7 @@
 //! is removed when the [`Lab`] is dropped, also when a test panics. After a
 //! crash (SIGKILL), `cell-lab gc` removes what is left.
 
+pub mod bench;
 pub mod fake;
 pub mod https;
 pub mod lab;

@@ -50,6 +50,24 @@ enum Command {
     Up(ProxyArgs),
     /// Remove lab namespaces whose process is gone.
     Gc,
+    /// Benchmark: direct TLS, cell-proxy and mitmproxy side by side (not a test).
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// The cell-proxy binary (default: next to this one). Use a release build.
+    #[arg(long, value_name = "PATH")]
+    proxy: Option<PathBuf>,
+    /// mitmdump from mitmproxy; without it the mitmproxy column is skipped.
+    #[arg(long, value_name = "PATH")]
+    mitmdump: Option<PathBuf>,
+    /// Seconds per throughput phase.
+    #[arg(long, default_value_t = 3)]
+    phase_secs: u64,
+    /// Where to write the results as JSON.
+    #[arg(long, value_name = "FILE", default_value = "bench-proxy.json")]
+    output: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -148,6 +166,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo(args) => demo(args),
+        Command::Bench(args) => {
+            cell_lab::available().map_err(|e| anyhow::anyhow!(e))?;
+            let proxy = ProxyArgs {
+                policy: None,
+                proxy: args.proxy,
+            }
+            .proxy()?;
+            let plan = cell_lab::bench::Plan {
+                phase: Duration::from_secs(args.phase_secs),
+                ..Default::default()
+            };
+            let results = cell_lab::bench::run(&proxy, args.mitmdump.as_deref(), &plan)?;
+            std::fs::write(&args.output, serde_json::to_string_pretty(&results)? + "\n")?;
+            println!("{}", cell_lab::bench::table(&results));
+            println!("results: {}", args.output.display());
+            Ok(())
+        }
     }
 }
 
