@@ -313,22 +313,7 @@ impl Proxy {
     /// Resolves when a reload makes the policy deny this connection's host
     /// and port. In-flight streams of hosts that stay allowed are untouched.
     async fn until_denied(&self, c: &Conn) {
-        let mut reloads = self.state.reloads();
-        loop {
-            if reloads.changed().await.is_err() {
-                return std::future::pending().await;
-            }
-            if let ConnDecision::Deny(reason) = self.state.policy().connection(&c.name, c.port) {
-                self.conn_event(
-                    c,
-                    vec![
-                        ("decision", "closed".into()),
-                        ("reason", format!("policy reload: {reason}").into()),
-                    ],
-                );
-                return;
-            }
-        }
+        denied_by_reload(&self.state, c).await
     }
 
     /// Runs `work` for connection `c` until it ends or a reload denies `c`.
@@ -340,20 +325,7 @@ impl Proxy {
     }
 
     fn conn_event(&self, c: &Conn, fields: Vec<(&'static str, Value)>) {
-        let mut m = event(
-            "conn",
-            [
-                ("client", c.client.to_string().into()),
-                ("host", c.name.clone().into()),
-                ("port", c.port.into()),
-            ],
-        );
-        for (k, v) in fields {
-            if !v.is_null() {
-                m.insert(k.into(), v);
-            }
-        }
-        self.state.events.emit(m);
+        conn_event(&self.state, c, fields)
     }
 
     async fn transparent(self: Arc<Self>, stream: TcpStream, client: SocketAddr) {
@@ -927,11 +899,16 @@ impl Proxy {
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                 let server_upgrade = hyper::upgrade::on(&mut resp);
                 let idle = Duration::from_secs(limits.idle_timeout_secs.into());
+                let (state, conn) = (self.state.clone(), c.clone());
                 tokio::spawn(async move {
                     if let (Ok(a), Ok(b)) = (client_upgrade.await, server_upgrade.await) {
                         let mut a = TokioIo::new(a);
                         let mut b = TokioIo::new(b);
-                        let _ = copy_with_idle(&mut a, &mut b, idle).await;
+                        // The relay outlives the request: it watches reloads itself.
+                        tokio::select! {
+                            _ = copy_with_idle(&mut a, &mut b, idle) => {}
+                            () = denied_by_reload(&state, &conn) => {}
+                        }
                     }
                 });
             }
@@ -968,6 +945,46 @@ impl Proxy {
                     format!("cell: upgrade to https://{} failed: {e:#}\n", c.name),
                 )
             }
+        }
+    }
+}
+
+/// One `conn` event line for connection `c`.
+fn conn_event(state: &State, c: &Conn, fields: Vec<(&'static str, Value)>) {
+    let mut m = event(
+        "conn",
+        [
+            ("client", c.client.to_string().into()),
+            ("host", c.name.clone().into()),
+            ("port", c.port.into()),
+        ],
+    );
+    for (k, v) in fields {
+        if !v.is_null() {
+            m.insert(k.into(), v);
+        }
+    }
+    state.events.emit(m);
+}
+
+/// Resolves when a reload makes the policy deny `c`'s host and port (and
+/// says so in the event log); never resolves otherwise.
+async fn denied_by_reload(state: &State, c: &Conn) {
+    let mut reloads = state.reloads();
+    loop {
+        if reloads.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        if let ConnDecision::Deny(reason) = state.policy().connection(&c.name, c.port) {
+            conn_event(
+                state,
+                c,
+                vec![
+                    ("decision", "closed".into()),
+                    ("reason", format!("policy reload: {reason}").into()),
+                ],
+            );
+            return;
         }
     }
 }

@@ -682,3 +682,141 @@ fn reload_closes_streams_of_hosts_it_denies() {
         "new connections to the removed host are reset: {again:?}"
     );
 }
+
+/// An upgraded (WebSocket-shaped) stream is closed when a reload denies its host.
+#[test]
+fn reload_closes_upgraded_streams_of_denied_hosts() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(s) = setup() else { return };
+    let ip = resolve(&s.lab, "api.example.test");
+    let mut tls = s.lab.block_on(async {
+        let mut tls = s.agent_tls_h1.raw(s.lab.agent_connect(at(ip, 443)).unwrap(), "api.example.test").await.unwrap();
+        tls.write_all(b"GET /upgrade HTTP/1.1\r\nHost: api.example.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").await.unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            tls.read_exact(&mut b).await.unwrap();
+            head.push(b[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101"));
+        tls.write_all(b"before").await.unwrap();
+        let mut back = [0u8; 6];
+        tls.read_exact(&mut back).await.unwrap();
+        tls
+    });
+    std::fs::write(
+        s.lab.dir.join("policy.json"),
+        POLICY.replace(r#"{ "host": "api.example.test" },"#, ""),
+    )
+    .unwrap();
+    assert_eq!(s.lab.reload_proxy().unwrap()["decision"], "applied");
+    let closed = s.lab.block_on(async {
+        let _ = tls.write_all(b"after").await;
+        let mut buf = [0u8; 16];
+        tokio::time::timeout(Duration::from_secs(3), tls.read(&mut buf)).await
+    });
+    match closed {
+        Ok(Ok(0)) | Ok(Err(_)) => {}
+        other => panic!("the upgraded stream should be closed, got {other:?}"),
+    }
+}
+
+/// Past `limits.proxyConnections` a new connection is reset at once (and
+/// logged); closing some makes room again.
+#[test]
+fn connection_limit_resets_the_excess() {
+    let Some(s) = setup() else { return };
+    let limited = POLICY.replace(
+        r#""dns": { "upstream": ["192.0.2.53"] }"#,
+        r#""dns": { "upstream": ["192.0.2.53"] }, "limits": { "proxyConnections": 8 }"#,
+    );
+    assert_ne!(limited, POLICY);
+    std::fs::write(s.lab.dir.join("policy.json"), &limited).unwrap();
+    assert_eq!(s.lab.reload_proxy().unwrap()["decision"], "applied");
+    // Limits are read when the proxy starts; restart it on the limited policy.
+    let mut lab = s.lab;
+    lab.stop_proxy();
+    lab.start_proxy(
+        Path::new(env!("CARGO_BIN_EXE_cell-proxy")),
+        &lab.dir.join("policy.json"),
+        None,
+    )
+    .unwrap();
+    let ca = lab.cell_ca_pem().unwrap();
+    let client = Client::new(&ca, &[b"http/1.1"]).unwrap();
+    let ip = resolve(&lab, "api.example.test");
+    let held: Vec<_> = (0..8)
+        .map(|_| {
+            let c = lab.agent_connect(at(ip, 443)).unwrap();
+            lab.block_on(client.raw(c, "api.example.test")).unwrap()
+        })
+        .collect();
+    let start = std::time::Instant::now();
+    let excess =
+        lab.block_on(client.raw(lab.agent_connect(at(ip, 443)).unwrap(), "api.example.test"));
+    assert!(excess.is_err(), "the ninth connection is refused");
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "at once: {:?}",
+        start.elapsed()
+    );
+    assert!(
+        lab.events()
+            .iter()
+            .any(|e| e["reason"] == "too-many-connections")
+    );
+    drop(held);
+    std::thread::sleep(Duration::from_millis(200));
+    let again = lab.block_on(client.fetch(
+        lab.agent_connect(at(ip, 443)).unwrap(),
+        "api.example.test",
+        vec![get("GET", "api.example.test", "/echo")],
+        64,
+    ));
+    assert_eq!(
+        again.unwrap()[0].status,
+        StatusCode::OK,
+        "room again after closing"
+    );
+}
+
+/// A client that connects and sends nothing, or half a ClientHello, is
+/// dropped after `limits.handshakeTimeoutMs` and never holds a slot for long.
+#[test]
+fn slow_clients_are_dropped_after_the_handshake_timeout() {
+    use std::io::{Read, Write};
+    let Some(s) = setup() else { return };
+    let quick = POLICY.replace(
+        r#""dns": { "upstream": ["192.0.2.53"] }"#,
+        r#""dns": { "upstream": ["192.0.2.53"] }, "limits": { "handshakeTimeoutMs": 400 }"#,
+    );
+    std::fs::write(s.lab.dir.join("policy.json"), &quick).unwrap();
+    let mut lab = s.lab;
+    lab.stop_proxy();
+    lab.start_proxy(
+        Path::new(env!("CARGO_BIN_EXE_cell-proxy")),
+        &lab.dir.join("policy.json"),
+        None,
+    )
+    .unwrap();
+    let ip = resolve(&lab, "api.example.test");
+    for partial in [&b""[..], &b"\x16\x03\x01\x02\x00"[..]] {
+        let mut c = lab.agent_connect(at(ip, 443)).unwrap();
+        c.write_all(partial).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let start = std::time::Instant::now();
+        let mut buf = [0u8; 8];
+        let r = c.read(&mut buf);
+        assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_secs(2),
+            "dropped after {took:?}"
+        );
+    }
+    assert!(
+        lab.events()
+            .iter()
+            .any(|e| e["reason"] == "client hello timeout")
+    );
+}
