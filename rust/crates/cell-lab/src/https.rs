@@ -189,6 +189,41 @@ impl FakeHttps {
                     .unwrap_or(0);
                 text(StatusCode::OK, format!("{line} body={body}\n"))
             }
+            "/ws" => {
+                // A real WebSocket echo server (RFC 6455 handshake and framing, by tungstenite).
+                let Some(key) = req
+                    .headers()
+                    .get("sec-websocket-key")
+                    .map(|k| k.as_bytes().to_vec())
+                else {
+                    return text(StatusCode::BAD_REQUEST, "not a websocket request\n".into());
+                };
+                let on = hyper::upgrade::on(&mut req);
+                tokio::spawn(async move {
+                    use futures_util::{SinkExt, StreamExt};
+                    let Ok(up) = on.await else { return };
+                    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                        TokioIo::new(up),
+                        tokio_tungstenite::tungstenite::protocol::Role::Server,
+                        None,
+                    )
+                    .await;
+                    while let Some(Ok(msg)) = ws.next().await {
+                        if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                let mut r = text(StatusCode::SWITCHING_PROTOCOLS, String::new());
+                r.headers_mut()
+                    .insert("connection", "upgrade".parse().expect("static"));
+                r.headers_mut()
+                    .insert("upgrade", "websocket".parse().expect("static"));
+                let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
+                r.headers_mut()
+                    .insert("sec-websocket-accept", accept.parse().expect("base64"));
+                r
+            }
             "/upgrade" => {
                 // Accepts any upgrade (the WebSocket handshake shape) and echoes raw bytes after the 101.
                 let on = hyper::upgrade::on(&mut req);

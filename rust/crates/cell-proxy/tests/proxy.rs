@@ -820,3 +820,37 @@ fn slow_clients_are_dropped_after_the_handshake_timeout() {
             .any(|e| e["reason"] == "client hello timeout")
     );
 }
+
+/// A real WebSocket session (RFC 6455 framing on both ends) through the
+/// intercepting proxy: text and a 256 KiB binary message echo intact.
+#[test]
+fn websocket_echo_through_the_proxy() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let Some(s) = setup() else { return };
+    let ip = resolve(&s.lab, "api.example.test");
+    s.lab.block_on(async {
+        let tls = s
+            .agent_tls_h1
+            .raw(
+                s.lab.agent_connect(at(ip, 443)).unwrap(),
+                "api.example.test",
+            )
+            .await
+            .unwrap();
+        let (mut ws, resp) = tokio_tungstenite::client_async("wss://api.example.test/ws", tls)
+            .await
+            .expect("websocket handshake through the proxy");
+        assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+        ws.send(Message::text("hello through cell")).await.unwrap();
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::text("hello through cell")
+        );
+        let big: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
+        ws.send(Message::binary(big.clone())).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(big));
+        ws.close(None).await.unwrap();
+    });
+    assert_eq!(s.web.seen().len(), 1);
+}
