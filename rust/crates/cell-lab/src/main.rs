@@ -364,7 +364,11 @@ fn demo(args: ProxyArgs) -> anyhow::Result<()> {
         wire.resolver, wire.other
     );
     println!("\nEvent log ({}):", lab.events_path().display());
-    for e in lab.events().iter().filter(|e| e["event"] == "dns") {
+    for e in lab
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "dns" || e["event"] == "reject")
+    {
         println!("  {e}");
     }
     println!("\nlab {} removed.", lab.id);

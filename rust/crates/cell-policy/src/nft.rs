@@ -12,7 +12,8 @@
 //! 3. Nothing is forwarded except to `cidr` entries (protocol and port).
 //! 4. Everything else — other addresses, other DNS servers, UDP (QUIC
 //!    included), ICMP, IPv6 — is rejected at once: TCP with a reset, the rest
-//!    with ICMP administratively-prohibited, and logged at a bounded rate.
+//!    with ICMP administratively-prohibited, and logged at a bounded rate to
+//!    an NFLOG group that cell-proxy turns into `reject` event lines.
 //!    IPv6 gets exactly the same treatment (only neighbour discovery is let
 //!    through, so that a v6 connection fails with a reset rather than an ND
 //!    timeout); it is never a bypass.
@@ -25,9 +26,7 @@ use nftables::expr::{
     CT, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, SetItem,
 };
 use nftables::schema::{Chain, NfListObject, Nftables, Rule, Table};
-use nftables::stmt::{
-    JumpTarget, Limit, Log, LogLevel, Match, NAT, Operator, Reject, RejectType, Statement,
-};
+use nftables::stmt::{JumpTarget, Limit, Log, Match, NAT, Operator, Reject, RejectType, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook, RejectCode};
 use sha2::{Digest, Sha256};
 
@@ -46,6 +45,8 @@ pub struct FirewallParams {
     pub dns_port: u16,
     pub transparent_port: u16,
     pub explicit_port: u16,
+    /// NFLOG group rejected packets are logged to (read by cell-proxy as `reject` events).
+    pub nflog_group: u16,
 }
 
 /// Prefix of the fingerprint comment that marks a ruleset as ours.
@@ -363,8 +364,7 @@ pub fn compile(policy: &Policy, params: &FirewallParams) -> Ruleset {
             }),
             Statement::Log(Some(Log {
                 prefix: Some(Cow::Borrowed(LOG_PREFIX)),
-                level: Some(LogLevel::Info),
-                ..Log::new(None)
+                ..Log::new(Some(u32::from(params.nflog_group)))
             })),
         ],
         None,

@@ -16,6 +16,7 @@ fn params() -> FirewallParams {
         dns_port: 53,
         transparent_port: 15001,
         explicit_port: 3128,
+        nflog_group: 7,
     }
 }
 

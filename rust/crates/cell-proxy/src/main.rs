@@ -4,6 +4,7 @@ mod ca;
 mod control;
 mod dns;
 mod events;
+mod nflog;
 mod proxy;
 mod state;
 mod synth;
@@ -81,6 +82,10 @@ struct Cli {
     #[arg(long, default_value_t = 3128, value_name = "PORT")]
     explicit_port: u16,
 
+    /// NFLOG group the ruleset logs rejected packets to; they become `reject` events.
+    #[arg(long, default_value_t = 7, value_name = "GROUP")]
+    nflog_group: u16,
+
     /// nftables table (family inet) owned by this daemon.
     #[arg(long, default_value = "cell", value_name = "NAME")]
     table: String,
@@ -125,6 +130,7 @@ impl Cli {
             dns_port: self.dns_port,
             transparent_port: self.transparent_port,
             explicit_port: self.explicit_port,
+            nflog_group: self.nflog_group,
         })
     }
 }
@@ -224,6 +230,22 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let state = State::start(sources, events.clone()).context("loading the policy")?;
     warn_on_icmp_ratelimit();
+    if state.sources.firewall.is_some() {
+        let group = params.nflog_group;
+        let socket = match &state.sources.netns {
+            Some(ns) => cell_netns::run_in(ns, || nflog::open(group)).and_then(|r| r),
+            None => nflog::open(group),
+        };
+        match socket {
+            Ok(socket) => {
+                let ev = events.clone();
+                std::thread::Builder::new()
+                    .name("nflog".into())
+                    .spawn(move || nflog::run(socket, ev))?;
+            }
+            Err(e) => tracing::warn!("rejected packets will not become events: {e:#}"),
+        }
+    }
     let policy = state.policy();
     let dns_addr = SocketAddr::from((params.listen, params.dns_port));
     let transparent_addr = SocketAddr::from((params.listen, params.transparent_port));

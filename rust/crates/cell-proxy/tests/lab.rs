@@ -386,6 +386,36 @@ fn everything_else_fails_fast_and_reaches_nothing() {
     for r in &recorders {
         assert!(r.seen().is_empty(), "reached the internet: {:?}", r.seen());
     }
+    // The rejects are event lines (rate-limited in the ruleset; the first ones always pass).
+    let deadline = std::time::Instant::now() + Duration::from_millis(500);
+    let found = loop {
+        let events = lab.events();
+        let hit = events
+            .iter()
+            .find(|e| {
+                e["event"] == "reject" && e["dst"] == "203.0.113.10:443" && e["proto"] == "tcp"
+            })
+            .cloned();
+        if hit.is_some() || std::time::Instant::now() > deadline {
+            break hit;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let found = found.expect("a reject event for the direct connection");
+    assert_eq!(found["client"], lab::AGENT_V4.to_string());
+    assert!(
+        found["reason"]
+            .as_str()
+            .unwrap()
+            .contains("by name through DNS"),
+        "{found}"
+    );
+    assert!(
+        lab.events()
+            .iter()
+            .any(|e| e["event"] == "reject" && e["proto"] == "udp"),
+        "UDP rejects are events too"
+    );
     assert!(lab.resolver.queries().is_empty());
     let wire = lab.wire().unwrap();
     assert_eq!(
@@ -568,6 +598,7 @@ fn reapplying_the_same_ruleset_is_a_noop() {
         dns_port: 53,
         transparent_port: 15001,
         explicit_port: 3128,
+        nflog_group: 7,
     };
     let compile = |json: &str| {
         nft::compile(
