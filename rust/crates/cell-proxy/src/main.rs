@@ -4,6 +4,7 @@ mod ca;
 mod control;
 mod dns;
 mod events;
+mod framing;
 mod nflog;
 mod proxy;
 mod state;

@@ -65,6 +65,8 @@ struct Conn {
     client: SocketAddr,
     name: String,
     port: u16,
+    /// Set on intercepted connections: requests with ambiguous HTTP/1.1 framing.
+    framing: Option<Arc<crate::framing::Flags>>,
 }
 
 /// Builds the upstream TLS configuration: system roots (honouring
@@ -252,7 +254,12 @@ impl Proxy {
                 "name the host, e.g. CONNECT api.example.com:443",
             );
         };
-        let c = Conn { client, name, port };
+        let c = Conn {
+            client,
+            name,
+            port,
+            framing: None,
+        };
         let policy = self.state.policy();
         let (rule, kind) = match policy.connection(&c.name, c.port) {
             ConnDecision::Deny(reason) => {
@@ -360,6 +367,7 @@ impl Proxy {
             client,
             name,
             port: dst.port(),
+            framing: None,
         };
         let policy = self.state.policy();
         let decision = policy.connection(&c.name, c.port);
@@ -562,7 +570,11 @@ impl Proxy {
             ],
         );
         let me = self.clone();
-        let conn = c.clone();
+        let flags = crate::framing::Flags::new();
+        let conn = Conn {
+            framing: Some(flags.clone()),
+            ..c.clone()
+        };
         let service = hyper::service::service_fn(move |req| {
             let me = me.clone();
             let conn = conn.clone();
@@ -579,7 +591,10 @@ impl Proxy {
             .max_header_list_size(limits.header_bytes)
             .max_concurrent_streams(256);
         if let Err(e) = builder
-            .serve_connection_with_upgrades(TokioIo::new(tls), service)
+            .serve_connection_with_upgrades(
+                TokioIo::new(crate::framing::FramingWatch::new(tls, flags)),
+                service,
+            )
             .await
         {
             tracing::debug!(client = %c.client, "connection ended: {e}");
@@ -676,6 +691,18 @@ impl Proxy {
             deny_response(status, &what, &fix)
         };
 
+        // Counted for every request, first, so the ordinals stay aligned.
+        if c.framing
+            .as_ref()
+            .is_some_and(|f| f.next_request_is_ambiguous())
+        {
+            return deny(
+                StatusCode::BAD_REQUEST,
+                "Content-Length together with Transfer-Encoding (a request-smuggling shape)".into(),
+                "send either Content-Length or chunked encoding, not both".into(),
+                "framing",
+            );
+        }
         // Rule 4a: Host / :authority must be the SNI (and the port ours).
         let authority = req
             .uri()

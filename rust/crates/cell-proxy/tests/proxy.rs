@@ -430,19 +430,18 @@ fn raw_exchange(s: &Setup, ip: Ipv4Addr, request: &[u8]) -> String {
     })
 }
 
-/// Request-smuggling shapes. Two different lengths, obs-fold and a
-/// non-final `chunked` are refused with 400 and never reach the upstream.
-/// Content-Length together with chunked cannot be seen by the service (hyper
-/// drops the length while parsing), so the proxy acts as RFC 9112 §6.3 asks
-/// of an intermediary: the length is removed, the chunked body is what counts,
-/// and the connection is closed after the response — a request smuggled
-/// behind it is never processed, and the upstream sees exactly one request
-/// with unambiguous framing.
+/// Request-smuggling shapes — Content-Length with chunked (CL.TE, also with
+/// a request smuggled behind it), two different lengths, obs-fold, a
+/// non-final chunked — are refused with 400 and never reach the upstream.
+/// (hyper drops the length of a CL.TE request while parsing; the proxy's
+/// framing watch sees the bytes first and refuses that request.)
 #[test]
-fn smuggling_shapes_are_rejected_or_neutralized() {
+fn smuggling_shapes_are_rejected() {
     let Some(s) = setup() else { return };
     let ip = resolve(&s.lab, "api.example.test");
-    let rejected: [&[u8]; 3] = [
+    let rejected: [&[u8]; 5] = [
+        b"POST /echo HTTP/1.1\r\nHost: api.example.test\r\nContent-Length: 30\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: api.example.test\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: api.example.test\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n",
         b"POST /echo HTTP/1.1\r\nHost: api.example.test\r\nContent-Length: 4\r\nContent-Length: 9\r\n\r\nabcd",
         b"GET /echo HTTP/1.1\r\nHost: api.example.test\r\nX-Folded: a\r\n b\r\n\r\n",
         b"POST /echo HTTP/1.1\r\nHost: api.example.test\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n",
@@ -450,35 +449,35 @@ fn smuggling_shapes_are_rejected_or_neutralized() {
     for (i, req) in rejected.iter().enumerate() {
         let out = raw_exchange(&s, ip, req);
         assert!(out.starts_with("HTTP/1.1 400"), "case {i}: {out:?}");
+        assert_eq!(
+            out.lines().filter(|l| l.starts_with("HTTP/1.1 ")).count(),
+            1,
+            "case {i}: one response, then close: {out:?}"
+        );
     }
-    assert!(s.web.seen().is_empty(), "{:?}", s.web.seen());
-
-    // CL.TE: the classic desync. The chunked body is empty; "GET /smuggled" would
-    // be the next request to a server that trusted Content-Length.
+    // A CL.TE request after clean ones on a kept-alive connection: the clean ones pass, it does not.
     let out = raw_exchange(
         &s,
         ip,
-        b"POST /echo HTTP/1.1\r\nHost: api.example.test\r\nContent-Length: 30\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: api.example.test\r\n\r\n",
+        b"GET /echo HTTP/1.1\r\nHost: api.example.test\r\n\r\nPOST /echo HTTP/1.1\r\nHost: api.example.test\r\nContent-Length: 5\r\n\r\nhelloPOST /echo HTTP/1.1\r\nHost: api.example.test\r\nContent-Length: 30\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    );
+    let statuses: Vec<&str> = out.lines().filter(|l| l.starts_with("HTTP/1.1 ")).collect();
+    assert_eq!(
+        statuses,
+        vec![
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 400 Bad Request"
+        ],
+        "{out:?}"
     );
     assert_eq!(
-        out.lines().filter(|l| l.starts_with("HTTP/1.1 ")).count(),
-        1,
-        "exactly one response, then close: {out:?}"
+        s.web.seen().len(),
+        2,
+        "only the two clean requests reached the server: {:?}",
+        s.web.seen()
     );
-    assert!(out.contains("body=0"), "the chunked framing won: {out:?}");
-    assert_eq!(
-        s.web.seen(),
-        vec!["POST /echo api.example.test HTTP/1.1".to_string()],
-        "nothing smuggled upstream"
-    );
-
-    // Control: a well-formed request goes through.
-    let ok = raw_exchange(
-        &s,
-        ip,
-        b"GET /echo HTTP/1.1\r\nHost: api.example.test\r\nConnection: close\r\n\r\n",
-    );
-    assert!(ok.starts_with("HTTP/1.1 200"), "{ok:?}");
+    assert!(!s.web.seen().iter().any(|l| l.contains("smuggled")));
 }
 
 /// An HTTP/1.1 upgrade (the WebSocket handshake) is relayed, and bytes flow
