@@ -736,7 +736,9 @@ impl Proxy {
                 "host-mismatch",
             );
         }
-        // Request smuggling shapes: both framing headers, or several lengths.
+        // Request smuggling shapes that reach the service anyway (e.g. repeated lengths over
+        // HTTP/2). Over HTTP/1.1, hyper refuses two lengths, obs-fold and non-final chunked,
+        // and the framing watch (framing.rs) catches Content-Length with chunked.
         if req.headers().contains_key(header::TRANSFER_ENCODING)
             && req.headers().contains_key(header::CONTENT_LENGTH)
             || req.headers().get_all(header::CONTENT_LENGTH).iter().count() > 1
