@@ -21,11 +21,14 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 const MAX_LINE: usize = 64 * 1024;
 const NONE: u64 = u64::MAX;
 
-/// Shared between the watch (writer) and the service (reader).
+/// Shared between the watch (writer) and the service (reader); also counts
+/// the connection's plaintext bytes for its event line.
 #[derive(Debug)]
 pub struct Flags {
     ambiguous: AtomicU64,
     served: AtomicU64,
+    pub bytes_up: AtomicU64,
+    pub bytes_down: AtomicU64,
 }
 
 impl Flags {
@@ -33,6 +36,8 @@ impl Flags {
         Arc::new(Flags {
             ambiguous: AtomicU64::new(NONE),
             served: AtomicU64::new(0),
+            bytes_up: AtomicU64::new(0),
+            bytes_down: AtomicU64::new(0),
         })
     }
 
@@ -255,7 +260,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for FramingWatch<S> {
         let me = &mut *self;
         let r = Pin::new(&mut me.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = r {
-            me.tracker.feed(&buf.filled()[before..]);
+            let new = &buf.filled()[before..];
+            me.tracker
+                .flags
+                .bytes_up
+                .fetch_add(new.len() as u64, Ordering::Relaxed);
+            me.tracker.feed(new);
         }
         r
     }
@@ -267,7 +277,14 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FramingWatch<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            self.tracker
+                .flags
+                .bytes_down
+                .fetch_add(n as u64, Ordering::Relaxed);
+        }
+        r
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)

@@ -19,6 +19,7 @@
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
@@ -50,12 +51,12 @@ pub struct Proxy {
     server_tls: Arc<rustls::ServerConfig>,
     client_tls: Arc<rustls::ClientConfig>,
     /// Upstream for HTTP/2 clients: offers h2 (and http/1.1) by ALPN.
-    client_h2: Client<Upstream, Incoming>,
+    client_h2: Client<Upstream, Metered<Incoming>>,
     /// Upstream for HTTP/1.1 clients: http/1.1 only. Keeping the client's protocol
     /// keeps gRPC and other h2-only services working, and an HTTP/1.1 client's
     /// requests off a shared h2 connection (measured: lower tail latency, higher
     /// bulk throughput; docs/benchmarks.md).
-    client_h1: Client<Upstream, Incoming>,
+    client_h1: Client<Upstream, Metered<Incoming>>,
     slots: Arc<Semaphore>,
 }
 
@@ -561,16 +562,9 @@ impl Proxy {
                 return;
             }
         };
-        self.conn_event(
-            &c,
-            vec![
-                ("kind", "tls".into()),
-                ("decision", "allow".into()),
-                ("rule", rule.into()),
-            ],
-        );
         let me = self.clone();
         let flags = crate::framing::Flags::new();
+        let stats = flags.clone();
         let conn = Conn {
             framing: Some(flags.clone()),
             ..c.clone()
@@ -599,6 +593,30 @@ impl Proxy {
         {
             tracing::debug!(client = %c.client, "connection ended: {e}");
         }
+        // One line for the connection, when it ends (its requests have their own).
+        self.conn_event(
+            &c,
+            vec![
+                ("kind", "tls".into()),
+                ("decision", "allow".into()),
+                ("rule", rule.into()),
+                (
+                    "bytes_up",
+                    stats
+                        .bytes_up
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                        .into(),
+                ),
+                (
+                    "bytes_down",
+                    stats
+                        .bytes_down
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                        .into(),
+                ),
+                ("duration_ms", (started.elapsed().as_millis() as u64).into()),
+            ],
+        );
     }
 
     /// Cleartext HTTP on port 80: never relayed; the client is told to use HTTPS.
@@ -839,21 +857,33 @@ impl Proxy {
             return self.upgrade(req, c, rule, started).await;
         }
         strip_hop_by_hop(req.headers_mut());
-        let status_of = |r: &Response<Incoming>| r.status().as_u16();
+        // Bodies are metered as they stream; the event is written when the
+        // response body ends (or the client goes away), with bytes and duration.
+        let up = Arc::new(AtomicU64::new(0));
+        let req = req.map(|b| Metered::new(b, up.clone(), None));
         match client.request(req).await {
             Ok(mut resp) => {
                 strip_hop_by_hop(resp.headers_mut());
-                self.request_event(
-                    c,
-                    &method,
-                    &path_for_log,
-                    "allow",
-                    Some(rule),
-                    None,
-                    status_of(&resp),
-                    started,
-                );
-                resp.map(|b| b.boxed())
+                let status = resp.status().as_u16();
+                let (state, conn) = (self.state.clone(), c.clone());
+                let done: Box<dyn FnOnce(u64) + Send + Sync> = Box::new(move |down| {
+                    conn_event(
+                        &state,
+                        &conn,
+                        vec![
+                            ("kind", "http".into()),
+                            ("method", method.as_str().into()),
+                            ("path", path_for_log.into()),
+                            ("decision", "allow".into()),
+                            ("rule", rule.into()),
+                            ("status", status.into()),
+                            ("bytes_up", up.load(Ordering::Relaxed).into()),
+                            ("bytes_down", down.into()),
+                            ("duration_ms", (started.elapsed().as_millis() as u64).into()),
+                        ],
+                    )
+                });
+                resp.map(|b| Metered::new(b, Arc::new(AtomicU64::new(0)), Some(done)).boxed())
             }
             Err(e) => {
                 let why = format!("{:#}", anyhow!(e));
@@ -975,6 +1005,67 @@ impl Proxy {
                 )
             }
         }
+    }
+}
+
+/// A body that counts its data bytes as they pass and, when it ends or is
+/// dropped, calls `done` once with the count.
+pub struct Metered<B> {
+    inner: B,
+    bytes: Arc<AtomicU64>,
+    done: Option<Box<dyn FnOnce(u64) + Send + Sync>>,
+}
+
+impl<B> Metered<B> {
+    fn new(
+        inner: B,
+        bytes: Arc<AtomicU64>,
+        done: Option<Box<dyn FnOnce(u64) + Send + Sync>>,
+    ) -> Self {
+        Metered { inner, bytes, done }
+    }
+
+    fn finish(&mut self) {
+        if let Some(done) = self.done.take() {
+            done(self.bytes.load(Ordering::Relaxed));
+        }
+    }
+}
+
+impl<B> Drop for Metered<B> {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl<B: hyper::body::Body<Data = Bytes> + Unpin> hyper::body::Body for Metered<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, B::Error>>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    this.bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.finish(),
+            Poll::Pending => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

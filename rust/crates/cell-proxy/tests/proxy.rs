@@ -140,6 +140,37 @@ fn allowed_requests_over_h2_and_h1() {
         assert!(String::from_utf8_lossy(&got[1].body).contains("body=11"));
     }
     assert_eq!(s.web.seen().len(), 4);
+    // One line per request, written when its response body ended, with bytes and duration.
+    let post = wait_event(&s.lab, |e| e["kind"] == "http" && e["method"] == "POST");
+    assert_eq!(post["bytes_up"], 11, "{post}");
+    assert!(
+        post["bytes_down"].as_u64().unwrap() > 0
+            && post["status"] == 200
+            && post["rule"] == "policy:https[0]",
+        "{post}"
+    );
+    // And one per connection, when it closed.
+    let conn = wait_event(&s.lab, |e| e["kind"] == "tls" && e["decision"] == "allow");
+    assert!(
+        conn["bytes_up"].as_u64().unwrap() > 11 && conn["bytes_down"].as_u64().unwrap() > 0,
+        "{conn}"
+    );
+}
+
+/// The first event matching `pred`, waiting briefly (events are written by a thread).
+fn wait_event(lab: &Lab, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        if let Some(e) = lab.events().into_iter().find(|e| pred(e)) {
+            return e;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no such event in {:#?}",
+            lab.events()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn deny_reason(f: &cell_lab::https::Fetched) -> String {
@@ -395,13 +426,9 @@ fn large_downloads_stream_with_bounded_memory() {
     assert_eq!(got[0].status, StatusCode::OK);
     assert_eq!(got[0].len, mb << 20, "every byte arrived");
     eprintln!("{mb} MiB through the proxy in {:?}", got[0].total);
-    let events = s.lab.events();
-    assert!(
-        events
-            .iter()
-            .any(|e| e["kind"] == "http" && e["path"] == "/big" && e["status"] == 200),
-        "{events:?}"
-    );
+    let ev = wait_event(&s.lab, |e| e["kind"] == "http" && e["path"] == "/big");
+    assert_eq!(ev["status"], 200);
+    assert_eq!(ev["bytes_down"].as_u64(), Some(mb << 20), "{ev}");
     let rss = s.lab.proxy_peak_rss().unwrap();
     assert!(
         rss < 64 << 20,
