@@ -185,7 +185,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         firewall: (!cli.no_firewall).then(|| (cli.nft.clone(), params.clone())),
         netns: cli.listen_netns.clone(),
     };
-    let ca = Arc::new(ca::Ca::load_or_create(&cli.state_dir, 1024).context("loading the cell CA")?);
     let client_tls = proxy::client_tls(&cli.upstream_ca)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -193,7 +192,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     let control = cli.control.clone();
-    runtime.block_on(serve(sources, events, params, ca, client_tls, control))
+    let state_dir = cli.state_dir.clone();
+    runtime.block_on(serve(
+        sources, events, params, state_dir, client_tls, control,
+    ))
 }
 
 /// The kernel limits ICMP errors per destination (1/s after a small burst) unless
@@ -225,11 +227,14 @@ async fn serve(
     sources: Sources,
     events: EventLog,
     params: FirewallParams,
-    ca: Arc<ca::Ca>,
+    state_dir: PathBuf,
     client_tls: rustls::ClientConfig,
     control_path: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let state = State::start(sources, events.clone()).context("loading the policy")?;
+    let cert_cache = state.policy().limits.cert_cache as usize;
+    let ca =
+        Arc::new(ca::Ca::load_or_create(&state_dir, cert_cache).context("loading the cell CA")?);
     warn_on_icmp_ratelimit();
     if state.sources.firewall.is_some() {
         let group = params.nflog_group;

@@ -584,14 +584,20 @@ impl Proxy {
             .http2()
             .max_header_list_size(limits.header_bytes)
             .max_concurrent_streams(256);
-        if let Err(e) = builder
-            .serve_connection_with_upgrades(
-                TokioIo::new(crate::framing::FramingWatch::new(tls, flags)),
-                service,
-            )
-            .await
-        {
-            tracing::debug!(client = %c.client, "connection ended: {e}");
+        let serve = builder.serve_connection_with_upgrades(
+            TokioIo::new(crate::framing::FramingWatch::new(tls, flags)),
+            service,
+        );
+        let idle = Duration::from_secs(limits.idle_timeout_secs.into());
+        tokio::select! {
+            r = serve => {
+                if let Err(e) = r {
+                    tracing::debug!(client = %c.client, "connection ended: {e}");
+                }
+            }
+            () = idle_watch(&stats, idle) => {
+                tracing::debug!(client = %c.client, "closing an idle connection after {idle:?}");
+            }
         }
         // One line for the connection, when it ends (its requests have their own).
         self.conn_event(
@@ -1066,6 +1072,22 @@ impl<B: hyper::body::Body<Data = Bytes> + Unpin> hyper::body::Body for Metered<B
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// Resolves once no plaintext byte has moved either way for `idle`.
+async fn idle_watch(stats: &crate::framing::Flags, idle: Duration) {
+    let moved =
+        || stats.bytes_up.load(Ordering::Relaxed) + stats.bytes_down.load(Ordering::Relaxed);
+    let mut last = (moved(), Instant::now());
+    loop {
+        tokio::time::sleep(idle / 4 + Duration::from_millis(5)).await;
+        let now = moved();
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if last.1.elapsed() >= idle {
+            return;
+        }
     }
 }
 

@@ -880,3 +880,53 @@ fn websocket_echo_through_the_proxy() {
     });
     assert_eq!(s.web.seen().len(), 1);
 }
+
+/// An intercepted connection on which nothing moves for `limits.idleTimeoutSecs`
+/// is closed; one that keeps working is not.
+#[test]
+fn idle_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(s) = setup() else { return };
+    let idle = POLICY.replace(
+        r#""dns": { "upstream": ["192.0.2.53"] }"#,
+        r#""dns": { "upstream": ["192.0.2.53"] }, "limits": { "idleTimeoutSecs": 1 }"#,
+    );
+    std::fs::write(s.lab.dir.join("policy.json"), &idle).unwrap();
+    let mut lab = s.lab;
+    lab.stop_proxy();
+    lab.start_proxy(
+        Path::new(env!("CARGO_BIN_EXE_cell-proxy")),
+        &lab.dir.join("policy.json"),
+        None,
+    )
+    .unwrap();
+    let client = Client::new(&lab.cell_ca_pem().unwrap(), &[b"http/1.1"]).unwrap();
+    let ip = resolve(&lab, "api.example.test");
+    let (busy_ok, idle_closed_after) = lab.block_on(async {
+        let mut tls = client
+            .raw(lab.agent_connect(at(ip, 443)).unwrap(), "api.example.test")
+            .await
+            .unwrap();
+        // Busy: a request every 400 ms for 2 s keeps it open.
+        let mut buf = vec![0u8; 4096];
+        for _ in 0..5 {
+            tls.write_all(b"GET /echo HTTP/1.1\r\nHost: api.example.test\r\n\r\n")
+                .await
+                .unwrap();
+            let n = tls.read(&mut buf).await.unwrap();
+            assert!(n > 0 && buf.starts_with(b"HTTP/1.1 200"));
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+        // Idle: then it is closed.
+        let start = std::time::Instant::now();
+        let r = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await;
+        (true, (r, start.elapsed()))
+    });
+    assert!(busy_ok);
+    let (r, took) = idle_closed_after;
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "closed, not timed out: {r:?}"
+    );
+    assert!(took < Duration::from_secs(3), "closed after {took:?}");
+}
