@@ -6,7 +6,7 @@
 //! its sockets are the agent's.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -414,7 +414,8 @@ pub fn run(proxy_bin: &Path, mitmdump: Option<&Path>, plan: &Plan) -> anyhow::Re
             addr: direct_addr,
             ca_pem: std::fs::read_to_string(&ca)?,
         };
-        let pid = mitmdump_pid(mitm.0.id());
+        // `ip netns exec` execs mitmdump, so the child's pid is mitmdump's.
+        let pid = Some(mitm.0.id());
         results.push(measure_in_agent(&lab, target, plan, pid)?);
         drop(mitm);
     }
@@ -426,11 +427,6 @@ fn port_open(lab: &Lab, port: u16) -> bool {
         .exec("ss", &["-Hltn", &format!("sport = :{port}")])
         .map(|o| !o.stdout.is_empty())
         .unwrap_or(false)
-}
-
-/// `ip netns exec` execs mitmdump, so the child's pid is mitmdump's.
-fn mitmdump_pid(child: u32) -> Option<u32> {
-    Some(child)
 }
 
 /// A Markdown table of the results, with the ratios the targets ask for.
@@ -473,9 +469,4 @@ pub fn table(results: &Value) -> String {
         diff(get("cell-proxy", "latency_ms_p99"), get("direct", "latency_ms_p99")),
     ));
     out
-}
-
-/// Where `bench` writes its JSON by default.
-pub fn default_output() -> PathBuf {
-    PathBuf::from("bench-proxy.json")
 }
