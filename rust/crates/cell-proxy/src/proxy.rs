@@ -966,13 +966,29 @@ impl Proxy {
                 let idle = Duration::from_secs(limits.idle_timeout_secs.into());
                 let (state, conn) = (self.state.clone(), c.clone());
                 tokio::spawn(async move {
-                    if let (Ok(a), Ok(b)) = (client_upgrade.await, server_upgrade.await) {
-                        let mut a = TokioIo::new(a);
-                        let mut b = TokioIo::new(b);
-                        // The relay outlives the request: it watches reloads itself.
-                        tokio::select! {
-                            _ = copy_with_idle(&mut a, &mut b, idle) => {}
-                            () = denied_by_reload(&state, &conn) => {}
+                    // Hold the upstream request handle until its connection has handed
+                    // over the upgraded I/O: dropped earlier, the connection may close
+                    // instead (a race that only loses under load).
+                    let upstream = server_upgrade.await;
+                    drop(sender);
+                    match (client_upgrade.await, upstream) {
+                        (Ok(a), Ok(b)) => {
+                            let mut a = TokioIo::new(a);
+                            let mut b = TokioIo::new(b);
+                            // The relay outlives the request: it watches reloads itself.
+                            tokio::select! {
+                                r = copy_with_idle(&mut a, &mut b, idle) => {
+                                    if let Err(e) = r {
+                                        tracing::warn!(host = %conn.name, "upgraded stream ended: {e:#}");
+                                    }
+                                }
+                                () = denied_by_reload(&state, &conn) => {}
+                            }
+                        }
+                        (a, b) => {
+                            let why = format!("client: {:?}, upstream: {:?}", a.err(), b.err());
+                            tracing::warn!(host = %conn.name, "upgrade failed: {why}");
+                            conn_event(&state, &conn, vec![("kind", "upgrade".into()), ("decision", "error".into()), ("reason", why.into())]);
                         }
                     }
                 });
@@ -1353,6 +1369,10 @@ where
             return Ok(n);
         }
         w.write_all(&buf[..k]).await?;
+        // A TLS stream may hold the tail of a write until the next write or a
+        // flush; without this, a peer waiting for that tail (an echo) and a
+        // relay waiting to read deadlock until the idle timeout.
+        w.flush().await?;
         n += k as u64;
         *last.lock().expect("idle lock") = Instant::now();
     }
