@@ -567,6 +567,11 @@ impl Drop for Lab {
     fn drop(&mut self) {
         self.proxy.take();
         // Namespaces drop after this (field order); the runtime's tasks die with it.
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // CELL_LAB_KEEP=1 keeps the directory (events, proxy log) for a post-mortem.
+        if std::env::var_os("CELL_LAB_KEEP").is_some() {
+            eprintln!("kept {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
