@@ -1,0 +1,159 @@
+# Tests for lib/policy.nix. Run: nix-instantiate --eval --strict lib/tests/policy.nix
+# Evaluates to { cases = N; failures = [ ... ]; } — failures must be empty.
+let
+  inherit (import ../policy.nix) toDocument;
+
+  # Must evaluate to `expected`.
+  eq = name: expr: expected: {
+    inherit name;
+    ok = expr == expected;
+    got = expr;
+  };
+
+  # Must refuse (throw) when forced.
+  refuses = name: expr: {
+    inherit name;
+    ok = !(builtins.tryEval (builtins.deepSeq expr expr)).success;
+    got = "evaluated without an error";
+  };
+
+  cases = [
+    (eq "empty policy is version 1 with empty lists" (toDocument { }) {
+      version = 1;
+      https = [ ];
+      tcp = [ ];
+      cidr = [ ];
+      deny = [ ];
+    })
+    (eq "one https entry is just its host" (toDocument { https."api.example.com" = { }; }).https [
+      { host = "api.example.com"; }
+    ])
+    (eq "the key is the host unless host is set"
+      (toDocument {
+        https.anthropic = {
+          host = "api.anthropic.com";
+          comment = "model provider";
+        };
+      }).https
+      [
+        {
+          host = "api.anthropic.com";
+          comment = "model provider";
+        }
+      ]
+    )
+    (eq "false flags and null values are left out"
+      (toDocument {
+        https."a.example" = {
+          includeApex = false;
+          passthrough = false;
+          ports = null;
+          methods = null;
+        };
+      }).https
+      [ { host = "a.example"; } ]
+    )
+    (eq "rules are carried over"
+      (toDocument {
+        https."*.github.com" = {
+          includeApex = true;
+          methods = [ "GET" ];
+          paths = [ "/repos/**" ];
+          ports = [
+            443
+            8443
+          ];
+        };
+      }).https
+      [
+        {
+          host = "*.github.com";
+          includeApex = true;
+          methods = [ "GET" ];
+          paths = [ "/repos/**" ];
+          ports = [
+            443
+            8443
+          ];
+        }
+      ]
+    )
+    (eq "tcp entries" (toDocument { tcp."github.com".ports = [ 22 ]; }).tcp [
+      {
+        host = "github.com";
+        ports = [ 22 ];
+      }
+    ])
+    (eq "cidr entries"
+      (toDocument {
+        cidr = [
+          {
+            cidr = "192.0.2.0/28";
+            protocol = "tcp";
+            ports = [ 5432 ];
+            comment = null;
+          }
+        ];
+      }).cidr
+      [
+        {
+          cidr = "192.0.2.0/28";
+          protocol = "tcp";
+          ports = [ 5432 ];
+        }
+      ]
+    )
+    (eq "dns settings without nulls; an all-null section disappears"
+      (toDocument {
+        dns = {
+          syntheticPool = null;
+          ttl = 30;
+          forward = [ "*.corp.example" ];
+          upstream = [ "192.0.2.53" ];
+        };
+        limits = {
+          dnsNames = null;
+        };
+      })
+      {
+        version = 1;
+        https = [ ];
+        tcp = [ ];
+        cidr = [ ];
+        deny = [ ];
+        dns = {
+          ttl = 30;
+          forward = [ "*.corp.example" ];
+          upstream = [ "192.0.2.53" ];
+        };
+      }
+    )
+    (eq "allowAnyHost makes * acceptable"
+      (toDocument {
+        https."*" = {
+          allowAnyHost = true;
+        };
+      }).https
+      [
+        {
+          host = "*";
+          allowAnyHost = true;
+        }
+      ]
+    )
+    (refuses "* without allowAnyHost" (toDocument { https."*" = { }; }))
+    (refuses "passthrough with methods" (toDocument {
+      https."pinned.example" = {
+        passthrough = true;
+        methods = [ "GET" ];
+      };
+    }))
+    (refuses "tcp without ports" (toDocument { tcp."db.example" = { }; }))
+  ];
+in
+{
+  cases = builtins.length cases;
+  failures = map (c: {
+    inherit (c) name got;
+  }) (builtins.filter (c: !c.ok) cases);
+}

@@ -1,0 +1,145 @@
+//! The Nix layer's policy compiler against the real validator: what
+//! `lib/policy.nix` and `modules/options.nix` produce must pass
+//! `cell-proxy --check`, and the lib's own tests must be green.
+//!
+//! Needs `nix-instantiate` (Debian: nix-bin; required in CI). The module
+//! evaluation part needs a nixpkgs `lib`: set CELL_NIXPKGS_LIB to a checkout
+//! of nixpkgs.lib (the directory holding `lib/`); without it that part says
+//! SKIPPED.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../..")
+        .canonicalize()
+        .unwrap()
+}
+
+fn nix_available() -> bool {
+    let ok = Command::new("nix-instantiate")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        if std::env::var_os("CI").is_some() {
+            panic!("nix-instantiate is required in CI (apt-get install nix-bin)");
+        }
+        eprintln!("SKIPPED: nix-instantiate not installed (apt-get install nix-bin)");
+    }
+    ok
+}
+
+fn eval_json(args: &[&str]) -> serde_json::Value {
+    let out = Command::new("nix-instantiate")
+        .args(["--eval", "--strict", "--json"])
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "nix-instantiate {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn check(document: &serde_json::Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.json");
+    std::fs::write(&path, document.to_string()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cell-proxy"))
+        .arg("--check")
+        .arg("--policy")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cell-proxy refused the Nix-compiled document {document}:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// lib/tests/policy.nix evaluates with no failures.
+#[test]
+fn lib_tests_pass() {
+    if !nix_available() {
+        return;
+    }
+    let r = eval_json(&["lib/tests/policy.nix"]);
+    assert!(r["cases"].as_u64().unwrap() >= 12, "{r}");
+    assert_eq!(
+        r["failures"],
+        serde_json::json!([]),
+        "failing lib tests: {r:#}"
+    );
+}
+
+/// A typical policy compiled by lib/policy.nix passes the Rust validator.
+#[test]
+fn lib_document_passes_cell_proxy_check() {
+    if !nix_available() {
+        return;
+    }
+    let doc = eval_json(&[
+        "-E",
+        r#"(import ./lib/policy.nix).toDocument {
+          https."api.anthropic.com" = { comment = "model provider"; };
+          https."*.github.com" = { includeApex = true; methods = [ "GET" "POST" ]; paths = [ "/repos/**" ]; };
+          https."pinned.example.com" = { passthrough = true; ports = [ 443 8443 ]; };
+          tcp."github.com".ports = [ 22 ];
+          cidr = [ { cidr = "192.0.2.0/28"; protocol = "tcp"; ports = [ 5432 ]; } ];
+          deny = [ "gist.github.com" ];
+          dns = { ttl = 30; upstream = [ "192.0.2.53" ]; forward = [ "*.corp.example" ]; syntheticPool = null; };
+          limits = { proxyConnections = 512; certCache = null; };
+        }"#,
+    ]);
+    check(&doc);
+}
+
+/// modules/options.nix under lib.evalModules: entries from several modules
+/// merge, the compiled document passes cell-proxy --check, and the types
+/// refuse what the validator would.
+#[test]
+fn module_options_evaluate_and_validate() {
+    if !nix_available() {
+        return;
+    }
+    let Some(lib) = std::env::var_os("CELL_NIXPKGS_LIB") else {
+        eprintln!(
+            "SKIPPED: module evaluation tests need a nixpkgs lib; set CELL_NIXPKGS_LIB=/path/to/nixpkgs.lib"
+        );
+        return;
+    };
+    let lib_expr = format!("import {}/lib", Path::new(&lib).display());
+    let r = eval_json(&["checks/eval/policy.nix", "--arg", "lib", &lib_expr]);
+    let doc = &r["document"];
+    let npm = doc["https"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["host"] == "registry.npmjs.org")
+        .unwrap();
+    assert_eq!(
+        npm["methods"],
+        serde_json::json!(["GET", "HEAD"]),
+        "methods from two modules merge"
+    );
+    assert_eq!(
+        doc["limits"],
+        serde_json::json!({ "proxyConnections": 512 }),
+        "unset limits are left to the daemon"
+    );
+    check(doc);
+    for (case, result) in r["errors"].as_object().unwrap() {
+        let expected = if case == "fine" {
+            serde_json::Value::Null
+        } else {
+            "refused".into()
+        };
+        assert_eq!(result, &expected, "{case}");
+    }
+}
