@@ -24,10 +24,9 @@ pub mod netns {
     /// Removes namespaces left by lab runs whose process is gone (after a
     /// SIGKILL, say). Returns their names.
     pub fn gc() -> anyhow::Result<Vec<String>> {
-        let out = sh("ip", ["netns", "list"])?;
         let mut removed = Vec::new();
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let name = line.split_whitespace().next().unwrap_or_default();
+        for name in list()? {
+            let name = name.as_str();
             let Some(rest) = name.strip_prefix(crate::lab::NS_PREFIX) else {
                 continue;
             };

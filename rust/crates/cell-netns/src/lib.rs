@@ -36,6 +36,15 @@ where
     Ok(out)
 }
 
+/// The names of all named network namespaces (`ip netns list`).
+pub fn list() -> anyhow::Result<Vec<String>> {
+    let out = sh("ip", ["netns", "list"])?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect())
+}
+
 /// Runs `f` on a scoped thread that has entered the named namespace
 /// (`/run/netns/<name>`). Sockets created there stay in that namespace, and
 /// child processes spawned there start in it.

@@ -652,14 +652,7 @@ fn lab_cleans_up_after_a_panic() {
     }));
     assert!(result.is_err());
     let id = id.into_inner().unwrap();
-    let listed = String::from_utf8(
-        std::process::Command::new("ip")
-            .args(["netns", "list"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let listed = cell_lab::netns::list().unwrap().join("\n");
     assert!(!id.is_empty());
     assert!(
         !listed.contains(&format!("{}{id}-", cell_lab::NS_PREFIX)),

@@ -53,14 +53,7 @@ fn jail(lab: &Lab, cell: &PathBuf, proxy: &PathBuf, flags: &[&str], cmd: &[&str]
 /// Namespaces and /etc/netns entries of the jail with this pid.
 fn leftovers(pid: u32) -> Vec<String> {
     let prefix = format!("cell-jail-{pid}-");
-    let ns = String::from_utf8(
-        std::process::Command::new("ip")
-            .args(["netns", "list"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let ns = cell_lab::netns::list().unwrap().join("\n");
     let mut left: Vec<String> = ns
         .lines()
         .filter(|l| l.starts_with(&prefix))
@@ -74,6 +67,17 @@ fn leftovers(pid: u32) -> Vec<String> {
         );
     }
     left
+}
+
+/// `curl URL` in a jail that allows api.example.test.
+fn curl(lab: &Lab, cell: &PathBuf, proxy: &PathBuf, url: &str) -> Output {
+    jail(
+        lab,
+        cell,
+        proxy,
+        &["--allow", "api.example.test"],
+        &["curl", "-sS", "--max-time", "10", url],
+    )
 }
 
 /// curl reaches an allowed host through the jail (intercepted, trusted via the
@@ -107,19 +111,7 @@ fn jail_runs_commands_behind_the_firewall() {
         ])
         .unwrap();
 
-    let ok = jail(
-        &lab,
-        &cell,
-        &proxy,
-        &["--allow", "api.example.test"],
-        &[
-            "curl",
-            "-sS",
-            "--max-time",
-            "10",
-            "https://api.example.test/echo",
-        ],
-    );
+    let ok = curl(&lab, &cell, &proxy, "https://api.example.test/echo");
     let stdout = String::from_utf8_lossy(&ok.stdout);
     assert!(
         ok.status.success(),
@@ -129,38 +121,14 @@ fn jail_runs_commands_behind_the_firewall() {
     );
     assert!(stdout.starts_with("GET /echo api.example.test"), "{stdout}");
 
-    let denied = jail(
-        &lab,
-        &cell,
-        &proxy,
-        &["--allow", "api.example.test"],
-        &[
-            "curl",
-            "-sS",
-            "--max-time",
-            "10",
-            "https://other.example.test/echo",
-        ],
-    );
+    let denied = curl(&lab, &cell, &proxy, "https://other.example.test/echo");
     assert_eq!(
         denied.status.code(),
         Some(6),
         "curl: could not resolve host; {}",
         String::from_utf8_lossy(&denied.stderr)
     );
-    let direct = jail(
-        &lab,
-        &cell,
-        &proxy,
-        &["--allow", "api.example.test"],
-        &[
-            "curl",
-            "-sS",
-            "--max-time",
-            "10",
-            "https://203.0.113.10/echo",
-        ],
-    );
+    let direct = curl(&lab, &cell, &proxy, "https://203.0.113.10/echo");
     assert_eq!(
         direct.status.code(),
         Some(7),
