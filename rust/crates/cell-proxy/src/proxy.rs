@@ -58,7 +58,14 @@ pub struct Proxy {
     /// bulk throughput; docs/benchmarks.md).
     client_h1: Client<Upstream, Metered<Incoming>>,
     slots: Arc<Semaphore>,
+    /// The cell CA certificate (PEM, public), served at [`CA_PATH`] on the
+    /// explicit port so the agent VM can trust it at boot without the key
+    /// ever leaving the firewall.
+    ca_pem: Bytes,
 }
+
+/// Where the explicit proxy port serves the CA certificate (origin-form GET).
+pub const CA_PATH: &str = "/cell/ca.crt";
 
 /// What the proxy knows about one client connection.
 #[derive(Clone, Debug)]
@@ -133,7 +140,10 @@ impl Proxy {
         };
         let client_h2 = build(client_tls.clone());
         let client_h1 = build(Arc::new(h1_only));
+        let ca_pem = std::fs::read(&ca.cert_path)
+            .with_context(|| format!("reading {}", ca.cert_path.display()))?;
         Ok(Arc::new(Proxy {
+            ca_pem: Bytes::from(ca_pem),
             slots: Arc::new(Semaphore::new(limits.proxy_connections as usize)),
             state,
             server_tls: Arc::new(server),
@@ -224,6 +234,29 @@ impl Proxy {
                 ],
             ))
         };
+        if req.method() == Method::GET
+            && req.uri().authority().is_none()
+            && req.uri().path() == CA_PATH
+        {
+            self.state.events.emit(event(
+                "conn",
+                [
+                    ("client", client.to_string().into()),
+                    ("kind", "ca".into()),
+                    ("decision", "allow".into()),
+                ],
+            ));
+            let mut r = Response::new(
+                Full::new(self.ca_pem.clone())
+                    .map_err(|never| match never {})
+                    .boxed(),
+            );
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-pem-file"),
+            );
+            return r;
+        }
         if req.method() != Method::CONNECT {
             let target = req.uri().to_string();
             let https = target

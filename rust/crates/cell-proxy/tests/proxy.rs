@@ -656,6 +656,45 @@ fn explicit_proxy_connect_follows_the_same_policy() {
     );
 }
 
+/// The agent VM trusts the cell CA by fetching its certificate from the
+/// firewall at boot: `GET /cell/ca.crt` on the explicit port returns exactly
+/// the certificate that signs the leaves, and nothing else is served there:
+/// not the key, not other paths, not other methods.
+#[test]
+fn explicit_port_serves_the_ca_certificate_and_nothing_else() {
+    let Some(s) = setup() else { return };
+    let ask = |request: &str| {
+        use std::io::{Read, Write};
+        let mut c = s
+            .lab
+            .agent_connect(at(cell_lab::lab::FW_AGENT_V4, cell_lab::lab::EXPLICIT_PORT))
+            .unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(request.as_bytes()).unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).unwrap();
+        out
+    };
+    let ca = s.lab.cell_ca_pem().unwrap();
+    let got = ask("GET /cell/ca.crt HTTP/1.1\r\nHost: 10.89.0.1\r\nConnection: close\r\n\r\n");
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    let body = got.split("\r\n\r\n").nth(1).unwrap_or_default();
+    assert_eq!(body, ca, "the served certificate is the CA on disk");
+    assert!(!got.contains("PRIVATE KEY"));
+
+    for request in [
+        "GET /cell/ca.key HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "GET /cell/../ca.key HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "POST /cell/ca.crt HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        "GET http://10.89.0.1/cell/ca.crt HTTP/1.1\r\nHost: 10.89.0.1\r\nConnection: close\r\n\r\n",
+    ] {
+        let got = ask(request);
+        assert!(got.starts_with("HTTP/1.1 403"), "{request}: {got}");
+        assert!(!got.contains("PRIVATE KEY") && !got.contains("BEGIN CERTIFICATE"));
+    }
+    assert!(s.web.seen().is_empty());
+}
+
 /// A reload that removes a host closes that host's in-flight streams; a
 /// stream to a host that stays allowed finishes; new connections to the
 /// removed host are refused.
