@@ -1,17 +1,39 @@
 {
   description = "cell: a coding agent with root in a disposable VM, behind a firewall VM that enforces a typed allowlist";
 
-  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-unstable";
+  inputs = {
+    nixpkgs.url = "github:NixOS/nixpkgs/nixos-unstable";
+    microvm = {
+      url = "github:microvm-nix/microvm.nix";
+      inputs.nixpkgs.follows = "nixpkgs";
+    };
+  };
 
   outputs =
-    { self, nixpkgs }:
+    { self
+    , nixpkgs
+    , microvm
+    ,
+    }:
     let
+      inherit (nixpkgs) lib;
       systems = [
         "x86_64-linux"
         "aarch64-linux"
         "aarch64-darwin"
       ];
-      forAllSystems = f: nixpkgs.lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
+      forAllSystems = f: lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
+
+      # The default cell (hosts/): what `nix run .#cell` boots when the user
+      # has no project cell of their own.
+      defaultCell =
+        system:
+        self.lib.mkCell {
+          inherit system;
+          modules = [ ./hosts/policy.nix ];
+          firewallModules = [ ./hosts/firewall ];
+          agentModules = [ ./hosts/agent ];
+        };
     in
     {
       # The Rust binaries, built once from rust/ (see pkgs/default.nix).
@@ -21,10 +43,88 @@
           cell = pkgs.callPackage ./pkgs { };
         in
         {
-          inherit (cell) cell-workspace cell-proxy cell-lab;
-          default = cell.cell-proxy;
+          inherit (cell)
+            cell-workspace
+            cell
+            cell-proxy
+            cell-lab
+            ;
+          default = cell.cell;
         }
       );
+
+      # `nix run .#cell`: the host CLI.
+      apps = forAllSystems (
+        pkgs:
+        let
+          app = {
+            type = "app";
+            program = lib.getExe self.packages.${pkgs.stdenv.hostPlatform.system}.cell;
+            meta.description = "cell host CLI: boot the cell and open a shell in the agent VM";
+          };
+        in
+        {
+          cell = app;
+          default = app;
+        }
+      );
+
+      nixosModules = {
+        # The firewall VM: cell-proxy on the agent link, the policy installed and checked.
+        firewall =
+          { lib, ... }:
+          {
+            imports = [ ./modules/firewall ];
+            cell.firewall.enable = lib.mkDefault true;
+          };
+        # The agent VM: one interface, the cell CA trusted at runtime, harnesses.
+        agent =
+          { lib, ... }:
+          {
+            imports = [ ./modules/agent ];
+            cell.agent.enable = lib.mkDefault true;
+          };
+        # The microvm.nix wiring (link, uplink, volumes); lib.mkCell adds it.
+        vm = ./modules/vm;
+        # Every option, nothing enabled: set cell.firewall.enable or cell.agent.enable.
+        default = {
+          imports = [
+            ./modules/firewall
+            ./modules/agent
+          ];
+        };
+      };
+
+      lib = import ./lib // {
+        mkCell = import ./lib/cell.nix {
+          inherit nixpkgs microvm;
+          inherit (self) nixosModules;
+        };
+      };
+
+      nixosConfigurations = {
+        cell-firewall = (defaultCell "x86_64-linux").firewall;
+        cell-agent = (defaultCell "x86_64-linux").agent;
+        cell-firewall-aarch64 = (defaultCell "aarch64-linux").firewall;
+        cell-agent-aarch64 = (defaultCell "aarch64-linux").agent;
+      };
+
+      checks = forAllSystems (
+        pkgs:
+        import ./checks {
+          inherit pkgs self;
+        }
+      );
+
+      templates.default = {
+        path = ./templates/default;
+        description = "A project cell: your allowlist, your harness, this project as an input";
+        welcomeText = ''
+          # A new cell
+          Edit `flake.nix` (the allowlist and harness are commented line by
+          line; README.md explains each), then start it with `nix run`.
+        '';
+      };
 
       devShells = forAllSystems (pkgs: {
         default = pkgs.mkShell {
@@ -33,14 +133,16 @@
             pkgs.cargo-nextest
             pkgs.clippy
             pkgs.rustfmt
+            pkgs.nixpkgs-fmt
+            pkgs.deadnix
           ]
-          ++ pkgs.lib.optionals pkgs.stdenv.hostPlatform.isLinux [
+          ++ lib.optionals pkgs.stdenv.hostPlatform.isLinux [
             pkgs.iproute2
             pkgs.nftables
           ];
         };
       });
 
-      formatter = forAllSystems (pkgs: pkgs.nixfmt-rfc-style);
+      formatter = forAllSystems (pkgs: pkgs.nixpkgs-fmt);
     };
 }

@@ -1,4 +1,6 @@
-# The cell Nix library: pure functions, each file tested under lib/tests.
+# The cell Nix library: pure functions (builtins only), each file tested
+# under lib/tests. `mkCell` needs nixpkgs and lives in the flake (lib/cell.nix).
 {
   policy = import ./policy.nix;
+  secrets = import ./secrets.nix;
 }

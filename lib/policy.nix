@@ -20,10 +20,12 @@ let
   clean =
     attrs:
     listToAttrs (
-      map (name: {
-        inherit name;
-        value = attrs.${name};
-      }) (filter (name: attrs.${name} != null) (attrNames attrs))
+      map
+        (name: {
+          inherit name;
+          value = attrs.${name};
+        })
+        (filter (name: attrs.${name} != null) (attrNames attrs))
     );
 
   flag = value: if value == true then true else null;
@@ -41,48 +43,52 @@ let
 
   https =
     entries:
-    map (
-      key:
-      let
-        e = entries.${key};
-        where = "cell.policy.https.\"${key}\"";
-        host = checkHost where (hostOf key e) e;
-      in
-      if (e.passthrough or false) && ((e.methods or null) != null || (e.paths or null) != null) then
-        throw "${where}: a passthrough host is not decrypted, so methods and paths cannot be checked; remove them or set passthrough = false"
-      else
-        clean {
-          inherit host;
-          includeApex = flag (e.includeApex or false);
-          allowAnyHost = flag (e.allowAnyHost or false);
-          ports = e.ports or null;
-          methods = e.methods or null;
-          paths = e.paths or null;
-          passthrough = flag (e.passthrough or false);
-          comment = e.comment or null;
-        }
-    ) (attrNames entries);
+    map
+      (
+        key:
+        let
+          e = entries.${key};
+          where = "cell.policy.https.\"${key}\"";
+          host = checkHost where (hostOf key e) e;
+        in
+        if (e.passthrough or false) && ((e.methods or null) != null || (e.paths or null) != null) then
+          throw "${where}: a passthrough host is not decrypted, so methods and paths cannot be checked; remove them or set passthrough = false"
+        else
+          clean {
+            inherit host;
+            includeApex = flag (e.includeApex or false);
+            allowAnyHost = flag (e.allowAnyHost or false);
+            ports = e.ports or null;
+            methods = e.methods or null;
+            paths = e.paths or null;
+            passthrough = flag (e.passthrough or false);
+            comment = e.comment or null;
+          }
+      )
+      (attrNames entries);
 
   tcp =
     entries:
-    map (
-      key:
-      let
-        e = entries.${key};
-        where = "cell.policy.tcp.\"${key}\"";
-        ports = e.ports or [ ];
-      in
-      if !(isList ports) || length ports == 0 then
-        throw "${where}: needs at least one port, e.g. ports = [ 22 ]"
-      else
-        clean {
-          host = checkHost where (hostOf key e) e;
-          includeApex = flag (e.includeApex or false);
-          allowAnyHost = flag (e.allowAnyHost or false);
-          inherit ports;
-          comment = e.comment or null;
-        }
-    ) (attrNames entries);
+    map
+      (
+        key:
+        let
+          e = entries.${key};
+          where = "cell.policy.tcp.\"${key}\"";
+          ports = e.ports or [ ];
+        in
+        if !(isList ports) || length ports == 0 then
+          throw "${where}: needs at least one port, e.g. ports = [ 22 ]"
+        else
+          clean {
+            host = checkHost where (hostOf key e) e;
+            includeApex = flag (e.includeApex or false);
+            allowAnyHost = flag (e.allowAnyHost or false);
+            inherit ports;
+            comment = e.comment or null;
+          }
+      )
+      (attrNames entries);
 
   cidr = map (
     e:

@@ -1,4 +1,8 @@
-# The `cell.policy` options: the allowlist, typed and mergeable. Several
+# The shared `cell.*` namespace both VMs read: `cell.policy` (the allowlist),
+# `cell.secrets` (declared by name, scope and source; never a value) and
+# `cell.link` (the private link's addresses).
+#
+# `cell.policy` is typed and mergeable. Several
 # modules can add entries; `https` and `tcp` are keyed by host, so two
 # modules naming the same host merge into one entry. The compiled document
 # is `config.cell.policy.document` (lib/policy.nix); cell-proxy --check
@@ -22,6 +26,59 @@ let
   };
   resolver = types.strMatching "[0-9a-fA-F.:]+|[[][0-9a-fA-F:]+[]]:[0-9]+" // {
     description = "resolver address, e.g. \"192.0.2.53\" or \"192.0.2.53:53\"";
+  };
+
+  ipv4 = types.strMatching "[0-9]{1,3}([.][0-9]{1,3}){3}" // {
+    description = "IPv4 address, e.g. \"10.89.0.1\"";
+  };
+  mac = types.strMatching "[0-9a-f]{2}(:[0-9a-f]{2}){5}" // {
+    description = "MAC address in lower case, e.g. \"02:ce:11:00:00:01\"";
+  };
+
+  secretEntry = types.submodule {
+    options = {
+      env = mkOption {
+        type = types.nullOr (types.strMatching "[A-Za-z_][A-Za-z0-9_]*");
+        default = null;
+        example = "ANTHROPIC_API_KEY";
+        description = "Environment variable the agent VM gets, holding the placeholder (never the value).";
+      };
+      hosts = mkOption {
+        type = types.nonEmptyListOf hostPattern;
+        example = [ "api.anthropic.com" ];
+        description = "The only hosts the value may be sent to. A placeholder or value headed anywhere else is blocked.";
+      };
+      source = {
+        keychain = mkOption {
+          type = types.nullOr types.str;
+          default = null;
+          description = "macOS Keychain service name (`security find-generic-password -s NAME -w`).";
+        };
+        command = mkOption {
+          type = types.nullOr (types.nonEmptyListOf types.str);
+          default = null;
+          example = [
+            "pass"
+            "show"
+            "anthropic"
+          ];
+          description = "A command on the host that prints the value (Secret Service, pass, 1Password CLI …).";
+        };
+        env = mkOption {
+          type = types.nullOr types.str;
+          default = null;
+          description = "An environment variable of the host CLI's process.";
+        };
+        file = mkOption {
+          # A string, not a path: a path literal would be copied into the
+          # world-readable store. lib/secrets.nix refuses store paths.
+          type = types.nullOr types.str;
+          default = null;
+          example = "/run/user/1000/anthropic-key";
+          description = "An absolute path on the host, as a string, outside the Nix store.";
+        };
+      };
+    };
   };
 
   hostOptions = {
@@ -130,7 +187,7 @@ in
         {
           "api.anthropic.com" = { };
           "*.github.com".includeApex = true;
-          "registry.npmjs.org".methods = [ "GET" "HEAD" ];
+          "proxy.golang.org".methods = [ "GET" "HEAD" ];
         }
       '';
       description = "Hosts reachable over HTTPS through the intercepting proxy, keyed by host pattern. One entry makes a host resolvable and reachable.";
@@ -199,7 +256,80 @@ in
     };
   };
 
+  options.cell.secrets = mkOption {
+    type = types.attrsOf secretEntry;
+    default = { };
+    example = lib.literalExpression ''
+      {
+        anthropic = {
+          env = "ANTHROPIC_API_KEY";
+          hosts = [ "api.anthropic.com" ];
+          source.keychain = "anthropic-api-key";
+        };
+      }
+    '';
+    description = ''
+      Provider secrets, declared by name, scope and source, never by value.
+      The agent VM sees only `cell-placeholder-<name>` in `env`; the firewall
+      puts the real value in its place, only in requests to `hosts`. The
+      host CLI reads the source at session start; the value is never written
+      to either VM's disk or the Nix store.
+    '';
+  };
+
+  options.cell.secretsDocument = mkOption {
+    type = types.attrs;
+    readOnly = true;
+    description = "The compiled secrets document (names, scopes, sources, placeholders; no values). Read-only.";
+  };
+
+  # The private link between the two VMs. Both VMs read the same values, so
+  # they are shared options rather than per-VM ones.
+  options.cell.link = {
+    firewallAddress = mkOption {
+      type = ipv4;
+      default = "10.89.0.1";
+      description = "The firewall VM's IPv4 address on the private link: the agent's gateway, DNS server and proxy.";
+    };
+    agentAddress = mkOption {
+      type = ipv4;
+      default = "10.89.0.2";
+      description = "The agent VM's IPv4 address on the private link.";
+    };
+    prefixLength = mkOption {
+      type = types.ints.between 8 30;
+      default = 24;
+      description = "IPv4 prefix length of the private link.";
+    };
+    firewallAddress6 = mkOption {
+      type = types.strMatching "[0-9a-fA-F:]+";
+      default = "fd89::1";
+      description = "The firewall VM's IPv6 address on the link (IPv6 gets the same rules, never a bypass).";
+    };
+    agentAddress6 = mkOption {
+      type = types.strMatching "[0-9a-fA-F:]+";
+      default = "fd89::2";
+      description = "The agent VM's IPv6 address on the link.";
+    };
+    proxyPort = mkOption {
+      type = types.port;
+      default = 3128;
+      description = "The firewall's explicit HTTP CONNECT proxy port (`cell-proxy --explicit-port`), for clients that honour HTTPS_PROXY; it also serves the cell CA certificate at `/cell/ca.crt`.";
+    };
+    firewallMac = mkOption {
+      type = mac;
+      default = "02:ce:11:00:00:01";
+      description = "MAC address of the firewall VM's link interface (the guest names it by this).";
+    };
+    agentMac = mkOption {
+      type = mac;
+      default = "02:ce:11:00:00:02";
+      description = "MAC address of the agent VM's only interface.";
+    };
+  };
+
   config.cell.policy.document = (import ../lib/policy.nix).toDocument (
     builtins.removeAttrs config.cell.policy [ "document" ]
   );
+  config.cell.secretsDocument = (import ../lib/secrets.nix).toDocument config.cell.secrets;
 }

@@ -1,9 +1,9 @@
 # The cell binaries. One derivation compiles the whole Cargo workspace (shared
 # dependencies are built once); the per-binary packages are thin views of it.
-{
-  lib,
-  rustPlatform,
-  runCommand,
+{ lib
+, rustPlatform
+, runCommand
+,
 }:
 let
   manifest = lib.importTOML ../rust/Cargo.toml;
@@ -27,7 +27,7 @@ let
     doCheck = false;
 
     meta = {
-      description = "cell firewall daemon and namespace lab";
+      description = "cell: host CLI, firewall daemon and namespace lab";
       homepage = "https://github.com/cell-sandbox/cell";
       license = [
         lib.licenses.mit
@@ -54,6 +54,7 @@ let
 in
 {
   inherit cell-workspace;
+  cell = binary "cell";
   cell-proxy = binary "cell-proxy";
   cell-lab = binary "cell-lab";
 }

@@ -28,21 +28,21 @@ in
       cell.policy.limits.proxyConnections = 512;
     }
     {
-      cell.policy.https."registry.npmjs.org".methods = [ "GET" ];
-      cell.policy.https."registry.npmjs.org".comment = "package registry";
+      cell.policy.https."proxy.golang.org".methods = [ "GET" ];
+      cell.policy.https."proxy.golang.org".comment = "package registry";
       cell.policy.deny = [ "gist.github.com" ];
     }
     {
-      cell.policy.https."registry.npmjs.org".methods = [ "HEAD" ];
+      cell.policy.https."proxy.golang.org".methods = [ "HEAD" ];
     }
   ];
 
   # Values the types (or the compiler) refuse.
   errors = {
-    portZero = errorOf [ { cell.policy.tcp."db.example".ports = [ 0 ]; } ];
-    noPorts = errorOf [ { cell.policy.tcp."db.example".ports = [ ]; } ];
-    badMethod = errorOf [ { cell.policy.https."a.example".methods = [ "G ET" ]; } ];
-    relativePath = errorOf [ { cell.policy.https."a.example".paths = [ "v1/**" ]; } ];
+    portZero = errorOf [{ cell.policy.tcp."db.example".ports = [ 0 ]; }];
+    noPorts = errorOf [{ cell.policy.tcp."db.example".ports = [ ]; }];
+    badMethod = errorOf [{ cell.policy.https."a.example".methods = [ "G ET" ]; }];
+    relativePath = errorOf [{ cell.policy.https."a.example".paths = [ "v1/**" ]; }];
     badCidr = errorOf [
       {
         cell.policy.cidr = [
@@ -54,7 +54,7 @@ in
         ];
       }
     ];
-    bareStar = errorOf [ { cell.policy.https."*" = { }; } ];
+    bareStar = errorOf [{ cell.policy.https."*" = { }; }];
     passthroughWithPaths = errorOf [
       {
         cell.policy.https."pinned.example" = {
@@ -63,7 +63,7 @@ in
         };
       }
     ];
-    unknownOption = errorOf [ { cell.policy.https."a.example".method = [ "GET" ]; } ];
-    fine = errorOf [ { cell.policy.https."a.example" = { }; } ];
+    unknownOption = errorOf [{ cell.policy.https."a.example".method = [ "GET" ]; }];
+    fine = errorOf [{ cell.policy.https."a.example" = { }; }];
   };
 }

@@ -3,19 +3,7 @@
 let
   inherit (import ../policy.nix) toDocument;
 
-  # Must evaluate to `expected`.
-  eq = name: expr: expected: {
-    inherit name;
-    ok = expr == expected;
-    got = expr;
-  };
-
-  # Must refuse (throw) when forced.
-  refuses = name: expr: {
-    inherit name;
-    ok = !(builtins.tryEval (builtins.deepSeq expr expr)).success;
-    got = "evaluated without an error";
-  };
+  inherit (import ./harness.nix) eq refuses run;
 
   cases = [
     (eq "empty policy is version 1 with empty lists" (toDocument { }) {
@@ -51,7 +39,7 @@ let
           methods = null;
         };
       }).https
-      [ { host = "a.example"; } ]
+      [{ host = "a.example"; }]
     )
     (eq "rules are carried over"
       (toDocument {
@@ -151,9 +139,4 @@ let
     (refuses "tcp without ports" (toDocument { tcp."db.example" = { }; }))
   ];
 in
-{
-  cases = builtins.length cases;
-  failures = map (c: {
-    inherit (c) name got;
-  }) (builtins.filter (c: !c.ok) cases);
-}
+run cases

@@ -63,19 +63,49 @@ fn check(document: &serde_json::Value) {
     );
 }
 
-/// lib/tests/policy.nix evaluates with no failures.
+/// Every lib/tests file evaluates with no failures (and has its cases).
 #[test]
 fn lib_tests_pass() {
     if !nix_available() {
         return;
     }
-    let r = eval_json(&["lib/tests/policy.nix"]);
-    assert!(r["cases"].as_u64().unwrap() >= 12, "{r}");
-    assert_eq!(
-        r["failures"],
-        serde_json::json!([]),
-        "failing lib tests: {r:#}"
-    );
+    let r = eval_json(&["lib/tests"]);
+    for (file, min) in [("policy", 12), ("secrets", 13)] {
+        assert!(r[file]["cases"].as_u64().unwrap() >= min, "{file}: {r}");
+        assert_eq!(
+            r[file]["failures"],
+            serde_json::json!([]),
+            "failing lib tests in lib/tests/{file}.nix: {r:#}"
+        );
+    }
+}
+
+/// The nixpkgs lib named by CELL_NIXPKGS_LIB, as a Nix expression; None
+/// (after saying SKIPPED) without one.
+fn nixpkgs_lib() -> Option<String> {
+    let Some(lib) = std::env::var_os("CELL_NIXPKGS_LIB") else {
+        eprintln!(
+            "SKIPPED: module evaluation tests need a nixpkgs lib; set CELL_NIXPKGS_LIB=/path/to/nixpkgs.lib"
+        );
+        return None;
+    };
+    Some(format!("import {}/lib", Path::new(&lib).display()))
+}
+
+/// checks/eval/modules.nix: the firewall, agent and VM modules under
+/// lib.evalModules — what they set (capabilities, sysctls, interfaces,
+/// the CA fetch, placeholders) and what their assertions refuse.
+#[test]
+fn module_evaluation_tests_pass() {
+    if !nix_available() {
+        return;
+    }
+    let Some(lib_expr) = nixpkgs_lib() else {
+        return;
+    };
+    let r = eval_json(&["checks/eval/modules.nix", "--arg", "lib", &lib_expr]);
+    assert!(r["cases"].as_u64().unwrap() >= 34, "{r}");
+    assert_eq!(r["failures"], serde_json::json!([]), "{r:#}");
 }
 
 /// A typical policy compiled by lib/policy.nix passes the Rust validator.
@@ -108,23 +138,19 @@ fn module_options_evaluate_and_validate() {
     if !nix_available() {
         return;
     }
-    let Some(lib) = std::env::var_os("CELL_NIXPKGS_LIB") else {
-        eprintln!(
-            "SKIPPED: module evaluation tests need a nixpkgs lib; set CELL_NIXPKGS_LIB=/path/to/nixpkgs.lib"
-        );
+    let Some(lib_expr) = nixpkgs_lib() else {
         return;
     };
-    let lib_expr = format!("import {}/lib", Path::new(&lib).display());
     let r = eval_json(&["checks/eval/policy.nix", "--arg", "lib", &lib_expr]);
     let doc = &r["document"];
-    let npm = doc["https"]
+    let goproxy = doc["https"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|e| e["host"] == "registry.npmjs.org")
+        .find(|e| e["host"] == "proxy.golang.org")
         .unwrap();
     assert_eq!(
-        npm["methods"],
+        goproxy["methods"],
         serde_json::json!(["GET", "HEAD"]),
         "methods from two modules merge"
     );

@@ -1,0 +1,163 @@
+# The agent VM: one interface (the private link to the firewall), the cell CA
+# trusted at runtime, the chosen harnesses, and nothing secret. Imports and
+# wiring only; options in ./options.nix, checks in ./asserts.nix.
+{ config
+, lib
+, pkgs
+, ...
+}:
+let
+  cfg = config.cell.agent;
+  link = config.cell.link;
+
+  harnessPackages = map (name: pkgs.${cfg.harnessPackages.${name}}) (
+    lib.filter (name: pkgs ? ${cfg.harnessPackages.${name}}) cfg.harnesses
+  );
+
+  # The environment variables TLS clients read, all pointing at the bundle
+  # that includes the cell CA (Node adds NODE_EXTRA_CA_CERTS to its own).
+  caEnvironment = {
+    SSL_CERT_FILE = cfg.caBundle;
+    NIX_SSL_CERT_FILE = cfg.caBundle;
+    CURL_CA_BUNDLE = cfg.caBundle;
+    REQUESTS_CA_BUNDLE = cfg.caBundle;
+    GIT_SSL_CAINFO = cfg.caBundle;
+    NODE_EXTRA_CA_CERTS = "/run/cell/ca.crt";
+  };
+
+  fetchCa = pkgs.writeShellApplication {
+    name = "cell-fetch-ca";
+    runtimeInputs = [
+      pkgs.curl
+      pkgs.openssl
+      pkgs.coreutils
+    ];
+    text = ''
+      # The CA certificate is public; the key never leaves the firewall.
+      # Plain HTTP is enough: the private link joins exactly these two VMs.
+      umask 022
+      mkdir -p /run/cell
+      tmp=$(mktemp /run/cell/ca.XXXXXX)
+      trap 'rm -f "$tmp"' EXIT
+      echo "fetching the cell CA from ${cfg.caUrl}"
+      curl --fail --silent --show-error --noproxy '*' \
+        --retry 60 --retry-delay 1 --retry-connrefused --retry-all-errors \
+        --connect-timeout 2 --max-time 5 --max-filesize 65536 \
+        --output "$tmp" "${cfg.caUrl}"
+      if ! openssl x509 -noout -in "$tmp" 2>/dev/null; then
+        echo "cell-fetch-ca: ${cfg.caUrl} did not return a PEM certificate; is cell-proxy running on the firewall VM?" >&2
+        exit 1
+      fi
+      if openssl x509 -noout -ext basicConstraints -in "$tmp" | grep -q 'CA:TRUE'; then :; else
+        echo "cell-fetch-ca: the certificate from ${cfg.caUrl} is not a CA certificate" >&2
+        exit 1
+      fi
+      openssl x509 -noout -subject -fingerprint -sha256 -in "$tmp"
+      mv "$tmp" /run/cell/ca.crt
+      cat ${config.security.pki.caBundle} /run/cell/ca.crt > /run/cell/ca-bundle.crt.new
+      mv /run/cell/ca-bundle.crt.new ${cfg.caBundle}
+      trap - EXIT
+    '';
+  };
+in
+{
+  imports = [
+    ../options.nix
+    ./options.nix
+    ./asserts.nix
+  ];
+
+  config = lib.mkIf cfg.enable {
+    cell.agent.caUrl = "http://${link.firewallAddress}:${toString link.proxyPort}/cell/ca.crt";
+
+    networking.useNetworkd = true;
+    networking.useDHCP = false;
+    networking.nameservers = [ link.firewallAddress ];
+    services.resolved.enable = false;
+    # The firewall VM decides what leaves; this one only keeps other
+    # listeners off the link. SSH comes in from the host via the firewall.
+    networking.firewall.enable = true;
+    networking.firewall.allowedTCPPorts = [ 22 ];
+
+    systemd.network.links."10-cell" = {
+      matchConfig.MACAddress = link.agentMac;
+      linkConfig.Name = "cell0";
+    };
+    systemd.network.networks."10-cell" = {
+      matchConfig.Name = "cell0";
+      address = [
+        "${link.agentAddress}/${toString link.prefixLength}"
+        "${link.agentAddress6}/64"
+      ];
+      gateway = [
+        link.firewallAddress
+        link.firewallAddress6
+      ];
+      networkConfig = {
+        IPv6AcceptRA = false;
+        LinkLocalAddressing = "ipv6";
+      };
+    };
+
+    # Trust the cell CA system-wide, at runtime: /etc/ssl/certs points at a
+    # bundle built at boot from the system roots plus the CA fetched from the
+    # firewall. The firewall mints a new CA when its state is wiped; this
+    # VM picks it up on its next boot.
+    environment.etc."ssl/certs/ca-certificates.crt".source = lib.mkForce cfg.caBundle;
+    environment.etc."ssl/certs/ca-bundle.crt".source = lib.mkForce cfg.caBundle;
+    environment.etc."pki/tls/certs/ca-bundle.crt".source = lib.mkForce cfg.caBundle;
+    environment.variables = caEnvironment // (import ../../lib/secrets.nix).agentEnvironment config.cell.secrets;
+
+    systemd.services.cell-ca = {
+      description = "Fetch the cell CA certificate from the firewall VM and trust it";
+      wantedBy = [ "multi-user.target" ];
+      wants = [ "network-online.target" ];
+      after = [ "network-online.target" ];
+      before = [ "sshd.service" ];
+      serviceConfig = {
+        Type = "oneshot";
+        RemainAfterExit = true;
+        ExecStart = lib.getExe fetchCa;
+      };
+    };
+
+    users.users.${cfg.user} = {
+      isNormalUser = true;
+      extraGroups = [ "wheel" ];
+      openssh.authorizedKeys.keys = cfg.ssh.authorizedKeys;
+    };
+    security.sudo.wheelNeedsPassword = false;
+
+    services.openssh = {
+      enable = true;
+      hostKeys = [
+        {
+          path = cfg.ssh.hostKeyPath;
+          type = "ed25519";
+        }
+      ];
+      settings = {
+        PasswordAuthentication = false;
+        KbdInteractiveAuthentication = false;
+        PermitRootLogin = "no";
+      };
+    };
+
+    nixpkgs.config.allowUnfreePredicate = lib.mkIf (lib.elem "claude" cfg.harnesses) (
+      p: lib.getName p == "claude-code"
+    );
+
+    fileSystems.${cfg.workspace.mountPoint} = lib.mkIf cfg.workspace.enable {
+      device = cfg.workspace.tag;
+      fsType = lib.mkDefault "9p";
+      options = lib.mkDefault [
+        "trans=virtio"
+        "version=9p2000.L"
+        "msize=1048576"
+        "nofail"
+      ];
+    };
+
+    environment.systemPackages = harnessPackages ++ cfg.extraPackages ++ [ pkgs.git pkgs.curl ];
+  };
+}

@@ -1,0 +1,243 @@
+# The firewall VM: two interfaces (the private agent link, the uplink) and
+# cell-proxy owning everything the agent sends. Imports and wiring only;
+# options in ./options.nix, checks in ./asserts.nix.
+{ config
+, lib
+, pkgs
+, ...
+}:
+let
+  cfg = config.cell.firewall;
+  link = config.cell.link;
+
+  policyJson = pkgs.writeText "cell-policy.json" (builtins.toJSON config.cell.policy.document);
+
+  # The same binary validates the document at build time that reads it at
+  # run time: a policy cell-proxy would refuse never reaches a VM.
+  checkedPolicy = pkgs.runCommand "cell-policy-checked.json" { } ''
+    ${lib.getExe cfg.package} --check --policy ${policyJson}
+    cp ${policyJson} $out
+  '';
+
+  secretsJson = pkgs.writeText "cell-secrets.json" (builtins.toJSON config.cell.secretsDocument);
+
+  eventLog = "/var/log/cell-proxy/events.jsonl";
+
+  args = [
+    "--policy"
+    "/etc/cell/policy.json"
+    "--overlay"
+    cfg.overlayFile
+    "--agent-iface"
+    cfg.agentInterface
+    "--listen"
+    link.firewallAddress
+    "--dns-port"
+    (toString cfg.ports.dns)
+    "--transparent-port"
+    (toString cfg.ports.transparent)
+    "--explicit-port"
+    (toString link.proxyPort)
+    "--nflog-group"
+    (toString cfg.nflogGroup)
+    "--nft"
+    (lib.getExe pkgs.nftables)
+    "--state-dir"
+    "/var/lib/cell-proxy"
+    "--control"
+    cfg.controlSocket
+    "--events"
+    (if cfg.eventLog.enable then eventLog else "-")
+  ]
+  ++ lib.concatMap
+    (ca: [
+      "--upstream-ca"
+      "${ca}"
+    ])
+    cfg.upstreamCaFiles;
+in
+{
+  imports = [
+    ../options.nix
+    ./options.nix
+    ./asserts.nix
+  ];
+
+  config = lib.mkIf cfg.enable {
+    cell.firewall.checkedPolicy = checkedPolicy;
+
+    environment.etc."cell/policy.json".source = checkedPolicy;
+    # Names, scopes and sources only; cell-inject receives values over the
+    # control channel and keeps them in memory.
+    environment.etc."cell/secrets.json".source = secretsJson;
+
+    # Rejected UDP and ICMP must fail fast for the agent, every time: the
+    # kernel's per-destination ICMP rate limit would turn them into timeouts.
+    # Forwarding only when a cidr rule needs it.
+    boot.kernel.sysctl = {
+      "net.ipv4.icmp_ratelimit" = 0;
+      "net.ipv6.icmp.ratelimit" = 0;
+      "net.ipv4.ip_forward" = if config.cell.policy.cidr != [ ] then 1 else 0;
+      "net.ipv6.conf.all.forwarding" = 0;
+      "net.ipv6.conf.${cfg.agentInterface}.accept_ra" = 0;
+    };
+
+    networking.useNetworkd = true;
+    networking.useDHCP = false;
+    # The agent link is cell-proxy's: its own table (inet cell) is the only
+    # gate there, so the NixOS firewall trusts it and guards the uplink,
+    # where only SSH from the host is open. NixOS must not flush the whole
+    # ruleset on reload, or it would remove cell-proxy's table.
+    networking.nftables.enable = true;
+    networking.nftables.flushRuleset = false;
+    networking.firewall.enable = true;
+    networking.firewall.trustedInterfaces = [ cfg.agentInterface ];
+    networking.firewall.interfaces.${cfg.uplinkInterface}.allowedTCPPorts = [ 22 ];
+
+    systemd.network.links."10-cell-agent" = {
+      matchConfig.MACAddress = link.firewallMac;
+      linkConfig.Name = cfg.agentInterface;
+    };
+    systemd.network.links."10-cell-uplink" = {
+      matchConfig.MACAddress = cfg.uplinkMac;
+      linkConfig.Name = cfg.uplinkInterface;
+    };
+    systemd.network.networks."10-cell-agent" = {
+      matchConfig.Name = cfg.agentInterface;
+      address = [
+        "${link.firewallAddress}/${toString link.prefixLength}"
+        "${link.firewallAddress6}/64"
+      ];
+      networkConfig = {
+        IPv6AcceptRA = false;
+        LinkLocalAddressing = "ipv6";
+        ConfigureWithoutCarrier = true;
+      };
+      # cell-proxy binds the link address; the interface is up before it starts.
+      linkConfig.RequiredForOnline = "no";
+    };
+    systemd.network.networks."10-cell-uplink" = {
+      matchConfig.Name = cfg.uplinkInterface;
+      networkConfig.DHCP = "ipv4";
+      linkConfig.RequiredForOnline = "routable";
+    };
+
+    services.openssh = {
+      enable = true;
+      openFirewall = false;
+      settings = {
+        PasswordAuthentication = false;
+        KbdInteractiveAuthentication = false;
+        PermitRootLogin = "prohibit-password";
+      };
+    };
+    users.users.root.openssh.authorizedKeys.keys = cfg.ssh.authorizedKeys;
+
+    systemd.services.cell-proxy = {
+      description = "cell firewall: DNS, nftables and TLS proxy for the agent link";
+      documentation = [ "https://github.com/cell-sandbox/cell/blob/main/docs/policy.md" ];
+      wantedBy = [ "multi-user.target" ];
+      # The listeners bind the link address, which networkd assigns.
+      after = [
+        "systemd-networkd.service"
+        "nftables.service"
+        "sys-subsystem-net-devices-${cfg.agentInterface}.device"
+      ];
+      bindsTo = [ "sys-subsystem-net-devices-${cfg.agentInterface}.device" ];
+      # A policy change switches in by reload (SIGHUP), never by a restart
+      # that would drop the agent's connections. cell-proxy also notices the
+      # changed file by itself within ~50 ms.
+      reloadTriggers = [ checkedPolicy ];
+      restartTriggers = [ cfg.package ];
+      environment.RUST_LOG = lib.mkDefault "info";
+      serviceConfig = {
+        ExecStart = lib.escapeShellArgs ([ (lib.getExe cfg.package) ] ++ args);
+        ExecReload = "${lib.getExe' pkgs.coreutils "kill"} -HUP $MAINPID";
+        Restart = "on-failure";
+        RestartSec = "1s";
+
+        # A fixed system user rather than DynamicUser: logrotate must be able
+        # to `su` to the owner of the event log when the daemon is not running.
+        User = "cell-proxy";
+        Group = "cell-proxy";
+        StateDirectory = "cell-proxy";
+        StateDirectoryMode = "0700";
+        RuntimeDirectory = "cell-proxy";
+        RuntimeDirectoryMode = "0700";
+        LogsDirectory = "cell-proxy";
+        LogsDirectoryMode = "0750";
+        UMask = "0077";
+
+        # nftables and NFLOG need NET_ADMIN; DNS on port 53 needs
+        # NET_BIND_SERVICE. Nothing else.
+        AmbientCapabilities = [
+          "CAP_NET_ADMIN"
+          "CAP_NET_BIND_SERVICE"
+        ];
+        CapabilityBoundingSet = [
+          "CAP_NET_ADMIN"
+          "CAP_NET_BIND_SERVICE"
+        ];
+        NoNewPrivileges = true;
+        RestrictAddressFamilies = [
+          "AF_INET"
+          "AF_INET6"
+          "AF_UNIX"
+          "AF_NETLINK"
+        ];
+        ProtectSystem = "strict";
+        ProtectHome = true;
+        PrivateTmp = true;
+        PrivateDevices = true;
+        ProtectKernelTunables = true;
+        ProtectKernelModules = true;
+        ProtectKernelLogs = true;
+        ProtectControlGroups = true;
+        ProtectClock = true;
+        ProtectHostname = true;
+        ProtectProc = "invisible";
+        ProcSubset = "pid";
+        LockPersonality = true;
+        MemoryDenyWriteExecute = true;
+        RestrictNamespaces = true;
+        RestrictRealtime = true;
+        RestrictSUIDSGID = true;
+        RemoveIPC = true;
+        SystemCallArchitectures = "native";
+        SystemCallFilter = [
+          "@system-service"
+          "~@privileged"
+          "~@resources"
+        ];
+        SystemCallErrorNumber = "EPERM";
+        LimitNOFILE = 65536;
+      };
+    };
+
+    services.logrotate.enable = lib.mkIf cfg.eventLog.enable true;
+    services.logrotate.settings.cell-proxy-events = lib.mkIf cfg.eventLog.enable {
+      files = eventLog;
+      size = cfg.eventLog.maxSize;
+      inherit (cfg.eventLog) rotate;
+      compress = true;
+      # logrotate runs without DAC_OVERRIDE; the log is 0600 cell-proxy's.
+      su = "cell-proxy cell-proxy";
+      # cell-proxy keeps the file open in append mode.
+      copytruncate = true;
+      missingok = true;
+      notifempty = true;
+    };
+
+    users.users.cell-proxy = {
+      isSystemUser = true;
+      group = "cell-proxy";
+      description = "cell firewall daemon";
+    };
+    users.groups.cell-proxy = { };
+
+    environment.systemPackages = [
+      cfg.package
+      pkgs.nftables
+    ];
+  };
+}

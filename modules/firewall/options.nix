@@ -1,0 +1,105 @@
+# Options of the firewall VM (`cell.firewall.*`).
+{ lib, pkgs, ... }:
+let
+  inherit (lib) mkOption types;
+  port = types.port;
+in
+{
+  options.cell.firewall = {
+    enable = lib.mkEnableOption "the cell firewall: cell-proxy owning the agent link (DNS, nftables, TLS proxy)";
+
+    package = mkOption {
+      type = types.package;
+      default = (pkgs.callPackage ../../pkgs { }).cell-proxy;
+      defaultText = lib.literalExpression "cell's own cell-proxy package";
+      description = "The cell-proxy package.";
+    };
+
+    agentInterface = mkOption {
+      type = types.strMatching "[a-zA-Z0-9_.-]{1,15}";
+      default = "agent0";
+      description = "Name given to the interface on the private link (matched by `cell.link.firewallMac`). The only interface cell-proxy's rules restrict.";
+    };
+
+    uplinkInterface = mkOption {
+      type = types.strMatching "[a-zA-Z0-9_.-]{1,15}";
+      default = "uplink0";
+      description = "Name given to the uplink interface (matched by `cell.firewall.uplinkMac`); DHCP from the hypervisor's user-mode NAT.";
+    };
+
+    uplinkMac = mkOption {
+      type = types.strMatching "[0-9a-f]{2}(:[0-9a-f]{2}){5}";
+      default = "02:ce:11:00:01:01";
+      description = "MAC address of the uplink interface.";
+    };
+
+    ports = {
+      dns = mkOption {
+        type = port;
+        default = 53;
+        description = "DNS port on the link address (`--dns-port`).";
+      };
+      transparent = mkOption {
+        type = port;
+        default = 15001;
+        description = "Where redirected agent TCP arrives (`--transparent-port`); never reachable directly.";
+      };
+    };
+
+    nflogGroup = mkOption {
+      type = types.ints.between 0 65535;
+      default = 7;
+      description = "NFLOG group rejected packets are logged to (`--nflog-group`); they become `reject` events.";
+    };
+
+    upstreamCaFiles = mkOption {
+      type = types.listOf types.path;
+      default = [ ];
+      description = "Extra CA certificates (public, PEM) trusted for upstream servers besides the system roots (`--upstream-ca`). For a corporate TLS proxy or a test CA.";
+    };
+
+    eventLog = {
+      enable = mkOption {
+        type = types.bool;
+        default = true;
+        description = "Write cell-proxy's JSON-lines events (DNS answers, connections, rejects, reloads) to `/var/log/cell-proxy/events.jsonl`, rotated by logrotate. Off: events go to the journal.";
+      };
+      rotate = mkOption {
+        type = types.ints.positive;
+        default = 5;
+        description = "Rotated event logs kept.";
+      };
+      maxSize = mkOption {
+        type = types.strMatching "[0-9]+[kMG]?";
+        default = "50M";
+        description = "Size at which the event log is rotated (logrotate `size`).";
+      };
+    };
+
+    controlSocket = mkOption {
+      type = types.str;
+      default = "/run/cell-proxy/control";
+      readOnly = true;
+      description = "cell-proxy's control socket (JSON lines: `{\"op\":\"reload\"}`, `{\"op\":\"status\"}`), mode 0600. Read-only.";
+    };
+
+    overlayFile = mkOption {
+      type = types.str;
+      default = "/var/lib/cell-proxy/overlay.json";
+      readOnly = true;
+      description = "The live overlay (written by `cell allow`), merged over the Nix baseline and reloaded without a restart. Read-only.";
+    };
+
+    ssh.authorizedKeys = mkOption {
+      type = types.listOf types.singleLineStr;
+      default = [ ];
+      description = "Public keys allowed to log in as root over the uplink (the host CLI's control channel). Never reachable from the agent link.";
+    };
+
+    checkedPolicy = mkOption {
+      type = types.package;
+      readOnly = true;
+      description = "The compiled policy document after `cell-proxy --check` accepted it at build time; installed as /etc/cell/policy.json. Read-only.";
+    };
+  };
+}

@@ -1,0 +1,143 @@
+# The VM side of a cell on top of microvm.nix: memory, CPUs, the private
+# link, the firewall's uplink, the agent's volume and workspace share.
+# Imported by lib.mkCell next to microvm.nix's own module; the firewall and
+# agent modules do not depend on it (they work in any NixOS VM, e.g. the
+# `nix flake check` tests).
+#
+# The private link is a point-to-point Ethernet between exactly the two VMs,
+# rootless on the host: qemu `-netdev stream` over a unix socket in the
+# instance directory (Linux), vfkit unixgram devices joined by the cell relay
+# (macOS). microvm.nix's interface types (user, tap, macvtap, bridge) cannot
+# express that, so the link is added through `microvm.<hypervisor>.extraArgs`;
+# the uplink is a plain microvm.nix user-mode interface. Socket and image
+# paths are relative: the host CLI starts each runner in the instance
+# directory, so one build serves every instance.
+{ config
+, lib
+, ...
+}:
+let
+  inherit (lib) mkOption types;
+  cfg = config.cell.vm;
+  link = config.cell.link;
+  isFirewall = config.cell.firewall.enable or false;
+  isAgent = config.cell.agent.enable or false;
+  mac = if isFirewall then link.firewallMac else link.agentMac;
+  mvm = config.microvm;
+
+  # microvm.nix attaches virtio devices over PCI or MMIO by the same rule
+  # (lib/runners/qemu.nix); the link device must use the same bus.
+  devType =
+    if
+      mvm.graphics.enable
+      || !(lib.hasPrefix "microvm" mvm.qemu.machine)
+      || mvm.shares != [ ]
+      || lib.any (d: d.bus == "pci") mvm.devices
+    then
+      "pci"
+    else
+      "device";
+
+  qemuLink = [
+    "-netdev"
+    (lib.concatStringsSep "," (
+      [
+        "stream"
+        "id=cell-link"
+        "addr.type=unix"
+        "addr.path=${cfg.linkSocket}"
+      ]
+      # The firewall listens; the agent connects and reconnects after a
+      # firewall restart.
+      ++ (if isFirewall then [ "server=on" ] else [ "server=off" "reconnect-ms=1000" ])
+    ))
+    "-device"
+    "virtio-net-${devType},netdev=cell-link,mac=${mac}"
+  ];
+
+  vfkitLink = [
+    "--device"
+    "virtio-net,unixSocketPath=${if isFirewall then "link-firewall.sock" else "link-agent.sock"},mac=${mac}"
+  ];
+in
+{
+  options.cell.vm = {
+    vcpu = mkOption {
+      type = types.ints.positive;
+      default = if isAgent then 2 else 1;
+      defaultText = lib.literalExpression "2 for the agent, 1 for the firewall";
+      description = "Virtual CPUs.";
+    };
+    mem = mkOption {
+      type = types.ints.positive;
+      default = if isAgent then 4096 else 512;
+      defaultText = lib.literalExpression "4096 for the agent, 512 for the firewall";
+      description = "Memory in MiB.";
+    };
+    varSize = mkOption {
+      type = types.ints.positive;
+      default = 16384;
+      description = "Size in MiB of the agent's persistent /var volume (home directory, SSH host key, caches); created on first start.";
+    };
+    sshPort = mkOption {
+      type = types.port;
+      default = 2222;
+      description = "Host loopback port forwarded to the firewall VM's SSH (qemu). The host CLI's control channel; bound to 127.0.0.1 only.";
+    };
+    linkSocket = mkOption {
+      type = types.str;
+      default = "link.sock";
+      description = "The private link's unix socket, relative to the instance directory (qemu).";
+    };
+    workspaceSource = mkOption {
+      type = types.str;
+      default = "workspace";
+      description = "Host directory shared as the agent's workspace, relative to the instance directory (the host CLI links it to the project).";
+    };
+  };
+
+  config = lib.mkMerge [
+    {
+      microvm.vcpu = cfg.vcpu;
+      microvm.mem = cfg.mem;
+      microvm.qemu.extraArgs = qemuLink;
+      microvm.vfkit.extraArgs = vfkitLink;
+      # An image of the closure, not a share of the host's store: the agent
+      # sees only its own closure, and no store daemon runs on the host.
+      microvm.storeOnDisk = true;
+    }
+    (lib.mkIf isFirewall {
+      microvm.interfaces = [
+        {
+          type = "user";
+          id = "uplink";
+          mac = config.cell.firewall.uplinkMac;
+        }
+      ];
+      microvm.forwardPorts = lib.mkIf (mvm.hypervisor == "qemu") [
+        {
+          from = "host";
+          host.address = "127.0.0.1";
+          host.port = cfg.sshPort;
+          guest.port = 22;
+        }
+      ];
+    })
+    (lib.mkIf isAgent {
+      microvm.volumes = [
+        {
+          image = "agent-var.img";
+          mountPoint = "/var";
+          size = cfg.varSize;
+        }
+      ];
+      microvm.shares = lib.mkIf config.cell.agent.workspace.enable [
+        {
+          proto = if mvm.hypervisor == "vfkit" then "virtiofs" else "9p";
+          inherit (config.cell.agent.workspace) tag mountPoint;
+          source = cfg.workspaceSource;
+        }
+      ];
+    })
+  ];
+}
