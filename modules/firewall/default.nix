@@ -116,7 +116,7 @@ in
       # cell-proxy binds the link address; the interface is up before it starts.
       linkConfig.RequiredForOnline = "no";
     };
-    systemd.network.networks."10-cell-uplink" = {
+    systemd.network.networks."10-cell-uplink" = lib.mkIf cfg.uplinkDhcp {
       matchConfig.Name = cfg.uplinkInterface;
       networkConfig.DHCP = "ipv4";
       linkConfig.RequiredForOnline = "routable";

@@ -27,6 +27,12 @@ in
       description = "Name given to the uplink interface (matched by `cell.firewall.uplinkMac`); DHCP from the hypervisor's user-mode NAT.";
     };
 
+    uplinkDhcp = mkOption {
+      type = types.bool;
+      default = true;
+      description = "Configure the uplink by DHCP (the hypervisor's user-mode NAT). Turn off to address it yourself (the VM tests do).";
+    };
+
     uplinkMac = mkOption {
       type = types.strMatching "[0-9a-f]{2}(:[0-9a-f]{2}){5}";
       default = "02:ce:11:00:01:01";
