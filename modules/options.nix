@@ -179,6 +179,14 @@ let
     };
 in
 {
+  # Every role's options are declared in every VM, so one file of `cell.*`
+  # settings (a project's cell.nix) can be given to both; each VM acts only
+  # on its own (`cell.firewall.enable` / `cell.agent.enable`).
+  imports = [
+    ./firewall/options.nix
+    ./agent/options.nix
+  ];
+
   options.cell.policy = {
     https = mkOption {
       type = types.attrsOf httpsEntry;

@@ -253,6 +253,19 @@ run [
     { }
   ])
 
+  # --- the project template's cell.nix, given to both VMs ----------------
+  (eq "template: evaluates in both roles with no failing assertion" [
+    (failing (firewall [ ../../templates/default/cell.nix ]))
+    (failing (agent [ ../../templates/default/cell.nix ]))
+    ((firewall [ ../../templates/default/cell.nix ]).systemd.services ? cell-ca)
+    ((agent [ ../../templates/default/cell.nix ]).systemd.services ? cell-proxy)
+  ] [
+    [ ]
+    [ ]
+    false
+    false
+  ])
+
   # --- microvm.nix wiring ---------------------------------------------------
   (eq "vm: the firewall listens on the link socket; MMIO without PCI devices" vmFw.microvm.qemu.extraArgs [
     "-netdev"

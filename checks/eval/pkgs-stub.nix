@@ -20,6 +20,7 @@ let
     gnumake = fake "gnumake" { };
     ripgrep = fake "ripgrep" { mainProgram = "rg"; };
     jq = fake "jq" { };
+    go = fake "go" { };
     codex = fake "codex" { };
     opencode = fake "opencode" { };
     claude-code = fake "claude-code" { mainProgram = "claude"; };

@@ -16,7 +16,7 @@ in
         message = "cell.agent.harnesses: your nixpkgs has no package for ${lib.concatMapStringsSep ", " (n: "${n} (pkgs.${cfg.harnessPackages.${n}})") missing}; use a newer nixpkgs, drop it from the list, or add the package to cell.agent.extraPackages yourself";
       }
       {
-        assertion = !(config.cell.firewall.enable or false);
+        assertion = !config.cell.firewall.enable;
         message = "cell.agent.enable and cell.firewall.enable are both set in one configuration; the agent and the firewall are separate VMs (lib.mkCell builds both)";
       }
       {

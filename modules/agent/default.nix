@@ -63,7 +63,6 @@ in
 {
   imports = [
     ../options.nix
-    ./options.nix
     ./asserts.nix
   ];
 

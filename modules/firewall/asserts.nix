@@ -24,7 +24,7 @@ in
         message = "cell.link.firewallAddress and agentAddress are both ${config.cell.link.firewallAddress}; give each VM its own address";
       }
       {
-        assertion = !(config.cell.agent.enable or false);
+        assertion = !config.cell.agent.enable;
         message = "cell.firewall.enable and cell.agent.enable are both set in one configuration; the agent and the firewall are separate VMs (lib.mkCell builds both)";
       }
     ];

@@ -59,7 +59,6 @@ in
 {
   imports = [
     ../options.nix
-    ./options.nix
     ./asserts.nix
   ];
 

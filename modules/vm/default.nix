@@ -20,8 +20,8 @@ let
   inherit (lib) mkOption types;
   cfg = config.cell.vm;
   link = config.cell.link;
-  isFirewall = config.cell.firewall.enable or false;
-  isAgent = config.cell.agent.enable or false;
+  isFirewall = config.cell.firewall.enable;
+  isAgent = config.cell.agent.enable;
   mac = if isFirewall then link.firewallMac else link.agentMac;
   mvm = config.microvm;
 

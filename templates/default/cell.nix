@@ -1,0 +1,57 @@
+# What this project's agent may reach, and what it runs. Both VMs read this
+# file: the firewall compiles `cell.policy` into its DNS answers, nftables
+# rules and proxy rules; the agent VM installs the harness. Anything not
+# listed here is denied. Change it live with `cell allow …` (no rebuild), or
+# here followed by `cell provision`.
+{ pkgs, ... }:
+{
+  cell.policy = {
+    # The model provider the harness talks to.
+    https."api.anthropic.com".comment = "model provider";
+
+    # Git over HTTPS and SSH. A wildcard never includes the bare domain
+    # unless it says so (includeApex).
+    https."github.com".comment = "git over HTTPS";
+    https."*.githubusercontent.com".comment = "raw files and release assets";
+    tcp."github.com" = {
+      ports = [ 22 ];
+      comment = "git over SSH";
+    };
+
+    # A package registry, read-only: only GET and HEAD get through.
+    https."proxy.golang.org" = {
+      methods = [
+        "GET"
+        "HEAD"
+      ];
+      comment = "Go module proxy";
+    };
+
+    # Even if a wildcard above allowed it, never this one.
+    deny = [ "gist.github.com" ];
+  };
+
+  # The provider key: read on your machine when the cell starts (here from
+  # the macOS Keychain; `source.env` or `source.command` work too) and kept
+  # in the firewall's memory. The agent VM only ever sees a placeholder in
+  # ANTHROPIC_API_KEY; the firewall swaps it in for api.anthropic.com only.
+  cell.secrets.anthropic = {
+    env = "ANTHROPIC_API_KEY";
+    hosts = [ "api.anthropic.com" ];
+    source.keychain = "anthropic-api-key";
+  };
+
+  # The agent VM. The firewall VM needs nothing more.
+  cell.agent = {
+    # Which harnesses to install: any of "pi" "claude" "codex" "opencode".
+    harnesses = [ "claude" ];
+    # This project directory appears as /workspace inside the VM; nothing
+    # else of your machine does.
+    workspace.enable = true;
+    # Tools the agent may use.
+    extraPackages = [
+      pkgs.go
+      pkgs.gnumake
+    ];
+  };
+}
