@@ -126,9 +126,10 @@ in
     };
     users.groups = any;
     security.sudo.wheelNeedsPassword = bool;
-    security.pki.caBundle = mkOption {
-      type = types.path;
-      default = "/nix/store/00000000000000000000000000000000-ca-bundle.crt";
+    security.pki = {
+      certificateFiles = list types.path;
+      certificates = list types.str;
+      caCertificateBlacklist = list types.str;
     };
     environment.etc = mkOption {
       type = types.attrsOf (types.submodule { options.source = mkOption { type = types.path; }; });

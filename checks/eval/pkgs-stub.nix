@@ -20,6 +20,7 @@ let
     gnumake = fake "gnumake" { };
     ripgrep = fake "ripgrep" { mainProgram = "rg"; };
     jq = fake "jq" { };
+    cacert = fake "cacert" { override = args: fake "cacert" { inherit args; }; };
     go = fake "go" { };
     codex = fake "codex" { };
     opencode = fake "opencode" { };

@@ -25,6 +25,16 @@ let
     NODE_EXTRA_CA_CERTS = "/run/cell/ca.crt";
   };
 
+  # The roots NixOS would have installed (security/ca.nix builds the same
+  # bundle from the same options); the runtime bundle adds the cell CA.
+  systemBundle = "${
+    pkgs.cacert.override {
+      blacklist = config.security.pki.caCertificateBlacklist;
+      extraCertificateFiles = config.security.pki.certificateFiles;
+      extraCertificateStrings = config.security.pki.certificates;
+    }
+  }/etc/ssl/certs/ca-bundle.crt";
+
   fetchCa = pkgs.writeShellApplication {
     name = "cell-fetch-ca";
     runtimeInputs = [
@@ -54,7 +64,7 @@ let
       fi
       openssl x509 -noout -subject -fingerprint -sha256 -in "$tmp"
       mv "$tmp" /run/cell/ca.crt
-      cat ${config.security.pki.caBundle} /run/cell/ca.crt > /run/cell/ca-bundle.crt.new
+      cat ${systemBundle} /run/cell/ca.crt > /run/cell/ca-bundle.crt.new
       mv /run/cell/ca-bundle.crt.new ${cfg.caBundle}
       trap - EXIT
     '';
