@@ -118,6 +118,7 @@ pkgs.testers.runNixOSTest {
 
     def nothing_reached_internet(what, pattern):
         """The fake internet's logs hold no trace of `pattern`."""
+        print(f"{what}: checking the internet saw no {pattern!r}")
         internet.fail(f"journalctl -u dnsmasq -u nginx -u sshd | grep -F {pattern!r}")
         internet.fail(f"grep -F {pattern!r} /var/log/nginx/access.log /tmp/udp.log 2>/dev/null")
 
