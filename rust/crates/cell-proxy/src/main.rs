@@ -60,16 +60,24 @@ struct Cli {
     #[arg(long, conflicts_with = "print_ruleset")]
     check: bool,
 
+    /// Read a new overlay from FILE (`-`: standard input), validate it over the
+    /// policy, write it to --overlay by rename, ask the running daemon on
+    /// --control to reload, print its answer, and exit (0: in force). This is
+    /// what `cell allow` runs on the firewall VM. An invalid overlay is refused
+    /// and the old one stays.
+    #[arg(long, value_name = "FILE|-", conflicts_with_all = ["check", "print_ruleset"], requires = "overlay")]
+    install_overlay: Option<PathBuf>,
+
     /// Print the compiled nftables ruleset (the JSON `nft -j -f` takes) and exit.
     #[arg(long)]
     print_ruleset: bool,
 
     /// Interface facing the agent; the only one the rules restrict.
-    #[arg(long, value_name = "NAME", required_unless_present = "check")]
+    #[arg(long, value_name = "NAME", required_unless_present_any = ["check", "install_overlay"])]
     agent_iface: Option<String>,
 
     /// The firewall's IPv4 address on the agent link; DNS and the proxies listen here.
-    #[arg(long, value_name = "ADDR", required_unless_present = "check")]
+    #[arg(long, value_name = "ADDR", required_unless_present_any = ["check", "install_overlay"])]
     listen: Option<Ipv4Addr>,
 
     #[arg(long, default_value_t = 53, value_name = "PORT")]
@@ -155,6 +163,72 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--install-overlay`: validate, write by rename, reload, report.
+fn install_overlay(cli: &Cli, from: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::{BufRead, Read, Write};
+    let target = cli.overlay.as_deref().context("--overlay is required")?;
+    let mut text = String::new();
+    if from == std::path::Path::new("-") {
+        std::io::stdin()
+            .take(1 << 20)
+            .read_to_string(&mut text)
+            .context("reading the overlay from standard input")?;
+    } else {
+        text = std::fs::read_to_string(from)
+            .with_context(|| format!("reading {}", from.display()))?;
+    }
+    let base = cell_policy::PolicyDocument::from_json(
+        &cli.policy.display().to_string(),
+        &std::fs::read_to_string(&cli.policy)
+            .with_context(|| format!("reading {}", cli.policy.display()))?,
+    )?;
+    let overlay = cell_policy::OverlayDocument::from_json("new overlay", &text)?;
+    if let Err((b, o)) = Policy::build(&base, Some(&overlay)) {
+        let lines: Vec<String> = b
+            .iter()
+            .map(|e| format!("  policy: {e}"))
+            .chain(o.iter().map(|e| format!("  overlay: {e}")))
+            .collect();
+        anyhow::bail!(
+            "the overlay was refused, the old one stays in force:\n{}",
+            lines.join("\n")
+        );
+    }
+    let dir = target.parent().context("--overlay has no directory")?;
+    let tmp = dir.join(format!(".overlay.tmp-{}", std::process::id()));
+    let written = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+        std::fs::rename(&tmp, target)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow::bail!("writing {}: {e} (the old overlay stays in force)", target.display());
+    }
+    let Some(control) = &cli.control else {
+        println!("{{\"ok\":true,\"written\":true}}");
+        return Ok(());
+    };
+    let mut s = std::os::unix::net::UnixStream::connect(control).with_context(|| {
+        format!(
+            "the overlay is written, but the daemon's control socket {} does not answer (it reloads on its own when it runs)",
+            control.display()
+        )
+    })?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    s.write_all(b"{\"op\":\"reload\"}\n")?;
+    let mut reply = String::new();
+    std::io::BufReader::new(s).read_line(&mut reply)?;
+    print!("{reply}");
+    let v: serde_json::Value = serde_json::from_str(&reply).unwrap_or_default();
+    if v.get("ok") != Some(&serde_json::Value::Bool(true)) {
+        anyhow::bail!("the daemon did not apply the overlay: {}", reply.trim());
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.check {
         let policy = Policy::load(&cli.policy, cli.overlay.as_deref())?;
@@ -169,6 +243,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             policy.dns.synthetic_pool
         );
         return Ok(());
+    }
+    if let Some(from) = &cli.install_overlay {
+        return install_overlay(&cli, from);
     }
     let params = cli
         .params()

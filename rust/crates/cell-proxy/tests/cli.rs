@@ -135,3 +135,61 @@ fn print_ruleset() {
     assert_eq!(out.status.code(), Some(2), "clap names the missing flags");
     assert!(String::from_utf8_lossy(&out.stderr).contains("--agent-iface"));
 }
+
+/// `--install-overlay`: a valid overlay is written whole and the daemon is
+/// asked to reload; an invalid one is refused and the old file stays.
+#[test]
+fn install_overlay_validates_writes_and_reloads() {
+    use std::io::{BufRead, Write};
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write(&dir, "policy.json", r#"{"https":[{"host":"api.example.com"}]}"#);
+    let overlay = dir.path().join("overlay.json");
+    let control = dir.path().join("control");
+    let listener = std::os::unix::net::UnixListener::bind(&control).unwrap();
+    let daemon = std::thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(s.try_clone().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        (&s).write_all(b"{\"ok\":true,\"event\":{\"decision\":\"applied\"}}\n")
+            .unwrap();
+        line
+    });
+    let run = |text: &str| {
+        let mut c = proxy()
+            .arg("--policy")
+            .arg(&policy)
+            .arg("--overlay")
+            .arg(&overlay)
+            .arg("--control")
+            .arg(&control)
+            .args(["--install-overlay", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        c.wait_with_output().unwrap()
+    };
+    let good = r#"{"tcp":[{"host":"db.example","ports":[5432]}]}"#;
+    let out = run(good);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("applied"));
+    assert_eq!(daemon.join().unwrap().trim(), r#"{"op":"reload"}"#);
+    assert_eq!(std::fs::read_to_string(&overlay).unwrap(), good);
+
+    let out = run(r#"{"https":[{"host":"*"}]}"#);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("overlay: https[0].host") && stderr.contains("old one stays"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&overlay).unwrap(), good, "the old overlay is kept");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
