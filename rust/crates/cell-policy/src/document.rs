@@ -53,7 +53,7 @@ impl Default for PolicyDocument {
 /// The live overlay (written by `cell allow` / `cell deny`): additions and
 /// denials merged over the base without rebuilding a VM. It cannot change DNS
 /// settings or limits; those belong to the Nix configuration.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct OverlayDocument {
     #[serde(default = "one")]
@@ -66,6 +66,19 @@ pub struct OverlayDocument {
     pub cidr: Vec<CidrRule>,
     #[serde(default)]
     pub deny: Vec<String>,
+}
+
+impl Default for OverlayDocument {
+    /// The empty overlay (of the current format version).
+    fn default() -> Self {
+        OverlayDocument {
+            version: 1,
+            https: Vec::new(),
+            tcp: Vec::new(),
+            cidr: Vec::new(),
+            deny: Vec::new(),
+        }
+    }
 }
 
 /// One HTTPS host entry.

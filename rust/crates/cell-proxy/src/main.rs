@@ -174,8 +174,8 @@ fn install_overlay(cli: &Cli, from: &std::path::Path) -> anyhow::Result<()> {
             .read_to_string(&mut text)
             .context("reading the overlay from standard input")?;
     } else {
-        text = std::fs::read_to_string(from)
-            .with_context(|| format!("reading {}", from.display()))?;
+        text =
+            std::fs::read_to_string(from).with_context(|| format!("reading {}", from.display()))?;
     }
     let base = cell_policy::PolicyDocument::from_json(
         &cli.policy.display().to_string(),
@@ -205,7 +205,10 @@ fn install_overlay(cli: &Cli, from: &std::path::Path) -> anyhow::Result<()> {
     })();
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
-        anyhow::bail!("writing {}: {e} (the old overlay stays in force)", target.display());
+        anyhow::bail!(
+            "writing {}: {e} (the old overlay stays in force)",
+            target.display()
+        );
     }
     let Some(control) = &cli.control else {
         println!("{{\"ok\":true,\"written\":true}}");

@@ -143,7 +143,11 @@ fn install_overlay_validates_writes_and_reloads() {
     use std::io::{BufRead, Write};
     use std::process::Stdio;
     let dir = tempfile::tempdir().unwrap();
-    let policy = write(&dir, "policy.json", r#"{"https":[{"host":"api.example.com"}]}"#);
+    let policy = write(
+        &dir,
+        "policy.json",
+        r#"{"https":[{"host":"api.example.com"}]}"#,
+    );
     let overlay = dir.path().join("overlay.json");
     let control = dir.path().join("control");
     let listener = std::os::unix::net::UnixListener::bind(&control).unwrap();
@@ -176,7 +180,11 @@ fn install_overlay_validates_writes_and_reloads() {
     };
     let good = r#"{"tcp":[{"host":"db.example","ports":[5432]}]}"#;
     let out = run(good);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("applied"));
     assert_eq!(daemon.join().unwrap().trim(), r#"{"op":"reload"}"#);
     assert_eq!(std::fs::read_to_string(&overlay).unwrap(), good);
@@ -184,8 +192,15 @@ fn install_overlay_validates_writes_and_reloads() {
     let out = run(r#"{"https":[{"host":"*"}]}"#);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("overlay: https[0].host") && stderr.contains("old one stays"), "{stderr}");
-    assert_eq!(std::fs::read_to_string(&overlay).unwrap(), good, "the old overlay is kept");
+    assert!(
+        stderr.contains("overlay: https[0].host") && stderr.contains("old one stays"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&overlay).unwrap(),
+        good,
+        "the old overlay is kept"
+    );
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

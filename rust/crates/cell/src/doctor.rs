@@ -1,0 +1,266 @@
+//! `cell doctor` and the host checks `cell` runs before it boots anything.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::backend::Accel;
+use crate::state::{Layout, free_bytes};
+use crate::supervise::{Recorded, recorded};
+
+/// Below this, `cell` refuses to start (the agent's volume and logs grow).
+pub const MIN_FREE: u64 = 2 << 30;
+
+/// Can this process create a KVM virtual machine? `Err` says why not.
+pub fn kvm() -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                "/dev/kvm does not exist: enable virtualization in the firmware (VT-x/AMD-V) and load kvm_intel or kvm_amd; in a cloud VM, enable nested virtualization".to_string()
+            }
+            std::io::ErrorKind::PermissionDenied => {
+                "/dev/kvm is not accessible: add yourself to the `kvm` group (`sudo usermod -aG kvm $USER`, then log in again)".to_string()
+            }
+            _ => format!("/dev/kvm: {e}"),
+        })?;
+    // KVM_GET_API_VERSION, KVM_CREATE_VM: _IO(0xAE, 0x00) and _IO(0xAE, 0x01).
+    // SAFETY: both ioctls take an integer argument and touch no user memory.
+    let version = unsafe { nix::libc::ioctl(f.as_raw_fd(), 0xAE00, 0) };
+    if version != 12 {
+        return Err(format!("/dev/kvm answers API version {version}, not 12"));
+    }
+    // SAFETY: as above; the returned descriptor is closed at once.
+    let vm = unsafe { nix::libc::ioctl(f.as_raw_fd(), 0xAE01, 0) };
+    if vm < 0 {
+        return Err(format!(
+            "/dev/kvm cannot create a VM ({}): is another hypervisor holding VT-x, or is this a VM without nested virtualization?",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: vm is a descriptor we own.
+    unsafe { nix::libc::close(vm) };
+    Ok(())
+}
+
+/// The accelerator to use, and a warning to print when it is the slow one.
+pub fn choose_accel(request: &str) -> anyhow::Result<(Accel, Option<String>)> {
+    if cfg!(target_os = "macos") {
+        return Ok((Accel::Hvf, None));
+    }
+    match request {
+        "kvm" => {
+            kvm().map_err(|e| anyhow::anyhow!("--accel kvm: {e}"))?;
+            Ok((Accel::Kvm, None))
+        }
+        "tcg" => Ok((Accel::Tcg, None)),
+        "auto" => match kvm() {
+            Ok(()) => Ok((Accel::Kvm, None)),
+            Err(why) => Ok((
+                Accel::Tcg,
+                Some(format!(
+                    "\n  !!! KVM is not usable: {why}\n  !!! Falling back to TCG emulation: the VMs will be 10-50x slower (minutes to boot).\n  !!! `cell doctor` explains; `--accel tcg` silences this warning.\n"
+                )),
+            )),
+        },
+        other => anyhow::bail!("--accel {other}: use auto, kvm or tcg"),
+    }
+}
+
+struct Check {
+    ok: bool,
+    what: String,
+    fix: Option<String>,
+}
+
+fn tool(name: &str, arg: &str) -> Option<String> {
+    let out = Command::new(name).arg(arg).output().ok()?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    Some(text.lines().next().unwrap_or("").trim().to_string())
+}
+
+/// Runs every check; returns the report and whether all passed.
+pub fn report(root: &Path) -> (String, bool) {
+    let mut checks = Vec::new();
+    if cfg!(target_os = "macos") {
+        let hv = Command::new("sysctl")
+            .args(["-n", "kern.hv_support"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "1")
+            .unwrap_or(false);
+        checks.push(Check {
+            ok: hv,
+            what: "Hypervisor.framework available".into(),
+            fix: (!hv).then(|| {
+                "this Mac cannot run VMs (kern.hv_support is not 1); Apple Silicon is required"
+                    .into()
+            }),
+        });
+        let vfkit = tool("vfkit", "--version");
+        checks.push(Check {
+            ok: vfkit.is_some(),
+            what: format!(
+                "vfkit: {}",
+                vfkit.clone().unwrap_or_else(|| "not found".into())
+            ),
+            fix: vfkit
+                .is_none()
+                .then(|| "`nix run .#cell` brings vfkit; or `brew install vfkit`".into()),
+        });
+    } else {
+        let k = kvm();
+        checks.push(Check {
+            ok: k.is_ok(),
+            what: "KVM usable".into(),
+            fix: k.err().map(|e| {
+                format!("{e}. Without KVM cell falls back to TCG emulation (slow but works)")
+            }),
+        });
+        let q = tool("qemu-system-x86_64", "--version")
+            .or_else(|| tool("qemu-system-aarch64", "--version"));
+        checks.push(Check {
+            ok: q.is_some(),
+            what: format!("qemu: {}", q.clone().unwrap_or_else(|| "not found".into())),
+            fix: q.is_none().then(|| "`nix run .#cell` brings qemu; or install your distribution's qemu-system package".into()),
+        });
+    }
+    let ssh = tool("ssh", "-V");
+    checks.push(Check {
+        ok: ssh.is_some(),
+        what: format!(
+            "OpenSSH client: {}",
+            ssh.clone().unwrap_or_else(|| "not found".into())
+        ),
+        fix: ssh.is_none().then(|| {
+            "install OpenSSH (the ssh and ssh-keygen commands): cell reaches the VMs over SSH"
+                .into()
+        }),
+    });
+    let nix = tool("nix", "--version");
+    checks.push(Check {
+        ok: nix.is_some(),
+        what: format!("nix: {}", nix.clone().unwrap_or_else(|| "not found".into())),
+        fix: nix
+            .is_none()
+            .then(|| "install Nix (https://nixos.org/download): the VMs are built with it".into()),
+    });
+    if nix.is_some() {
+        let flakes = Command::new("nix")
+            .args([
+                "--extra-experimental-features",
+                "nix-command flakes",
+                "flake",
+                "--help",
+            ])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        checks.push(Check {
+            ok: flakes,
+            what: "nix flakes".into(),
+            fix: (!flakes).then(|| "this Nix has no flakes; install Nix 2.4 or newer".into()),
+        });
+    }
+    let free = free_bytes(root);
+    checks.push(Check {
+        ok: free.is_none_or(|f| f >= MIN_FREE),
+        what: format!(
+            "free disk under {}: {}",
+            root.display(),
+            free.map(|f| format!("{:.1} GiB", f as f64 / (1u64 << 30) as f64))
+                .unwrap_or_else(|| "unknown".into())
+        ),
+        fix: free.filter(|f| *f < MIN_FREE).map(|_| {
+            "free some space (cell needs 2 GiB); `cell destroy --instance NAME` removes an instance and its disk".into()
+        }),
+    });
+    // Instances: stale records and orphans.
+    if let Ok(entries) = std::fs::read_dir(root) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let layout = Layout::new(root, &name);
+            for role in ["firewall", "agent", "relay"] {
+                if let Recorded::Dead(pid) = recorded(&layout, role) {
+                    checks.push(Check {
+                        ok: false,
+                        what: format!("instance `{name}`: the {role} (pid {pid}) is gone but recorded as running"),
+                        fix: Some(format!("`cell --instance {name}` restarts the cell; `cell stop --instance {name}` clears the record")),
+                    });
+                }
+            }
+            let running = ["firewall", "agent", "relay"]
+                .iter()
+                .any(|r| matches!(recorded(&layout, r), Recorded::Running(_)));
+            for sock in [
+                "link.sock",
+                "link-firewall.sock",
+                "link-agent.sock",
+                "ssh.sock",
+                "firewall.qmp",
+                "agent.qmp",
+            ] {
+                if !running && layout.path(sock).exists() {
+                    checks.push(Check {
+                        ok: false,
+                        what: format!("instance `{name}`: stale socket {sock} from a crash"),
+                        fix: Some(format!(
+                            "`cell stop --instance {name}` removes it (so does the next start)"
+                        )),
+                    });
+                }
+            }
+        }
+    }
+    let mut out = String::new();
+    let mut all = true;
+    for c in &checks {
+        all &= c.ok;
+        out.push_str(&format!(
+            "{} {}\n",
+            if c.ok { "ok  " } else { "FAIL" },
+            c.what
+        ));
+        if let Some(f) = &c.fix {
+            out.push_str(&format!("     fix: {f}\n"));
+        }
+    }
+    (out, all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_records_and_sockets_are_reported_with_a_fix() {
+        let d = tempfile::tempdir().unwrap();
+        let l = Layout::new(d.path(), "web");
+        l.create_dir().unwrap();
+        std::fs::write(l.pidfile("firewall"), "999999999 1\n").unwrap();
+        drop(std::os::unix::net::UnixListener::bind(l.path("link.sock")).unwrap());
+        let (text, ok) = report(d.path());
+        assert!(!ok);
+        assert!(
+            text.contains("instance `web`: the firewall (pid 999999999) is gone"),
+            "{text}"
+        );
+        assert!(text.contains("stale socket link.sock"), "{text}");
+        assert!(text.contains("fix: `cell stop --instance web`"), "{text}");
+    }
+
+    #[test]
+    fn kvm_answers_either_way_with_a_reason() {
+        // This machine's /dev/kvm may or may not work; either answer must be explained.
+        if let Err(why) = kvm() {
+            assert!(why.contains("/dev/kvm"), "{why}");
+        }
+        let (accel, warning) = choose_accel("auto").unwrap();
+        if accel == Accel::Tcg {
+            assert!(warning.unwrap().contains("TCG"));
+        }
+        assert!(choose_accel("fast").is_err());
+    }
+}

@@ -1,0 +1,292 @@
+//! One instance's lifecycle: boot, readiness, stop, status.
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::backend::{self, Accel, Backend, Ctx};
+use crate::doctor::MIN_FREE;
+use crate::remote::{self, Ssh};
+use crate::signals::Signals;
+use crate::spec::VmSpec;
+use crate::state::{Layout, Meta, free_bytes};
+use crate::supervise::{self, Recorded, Stopped};
+
+/// Roles in stop order (the agent first: it depends on the others).
+pub const ROLES: [&str; 3] = ["agent", "firewall", "relay"];
+
+pub fn backend(meta: &Meta) -> anyhow::Result<Box<dyn Backend>> {
+    backend::by_name(&meta.backend)
+}
+
+/// Is something (other than us) listening on 127.0.0.1:port?
+fn port_free(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// The first free loopback port from `preferred` on.
+pub fn pick_port(preferred: u16) -> anyhow::Result<u16> {
+    (preferred..preferred.saturating_add(200))
+        .find(|p| port_free(*p))
+        .context("no free loopback port for the firewall's SSH")
+}
+
+/// What is running now.
+pub fn running(layout: &Layout) -> Vec<(&'static str, Recorded)> {
+    ROLES
+        .iter()
+        .map(|r| (*r, supervise::recorded(layout, r)))
+        .filter(|(_, rec)| *rec != Recorded::None)
+        .collect()
+}
+
+/// Stops every process of the instance and removes its sockets.
+/// Returns a line per process for the user.
+pub fn stop_all(
+    layout: &Layout,
+    backend: &dyn Backend,
+    grace: Duration,
+) -> anyhow::Result<Vec<String>> {
+    let mut said = Vec::new();
+    for role in ROLES {
+        let before = supervise::recorded(layout, role);
+        let how = supervise::stop(layout, role, grace)?;
+        match (how, before) {
+            (Stopped::NotRunning, Recorded::Dead(pid)) => said.push(format!(
+                "{role}: had already exited (pid {pid}); record cleared"
+            )),
+            (Stopped::NotRunning, _) => {}
+            (Stopped::PoweredOff, _) => said.push(format!("{role}: powered off")),
+            (Stopped::Terminated, _) => said.push(format!("{role}: stopped")),
+            (Stopped::Killed, _) => said.push(format!("{role}: did not stop; killed")),
+        }
+    }
+    for s in backend.sockets(&layout.dir) {
+        let _ = fs::remove_file(s);
+    }
+    Ok(said)
+}
+
+/// Everything boot needs besides the instance.
+pub struct BootPlan<'a> {
+    pub firewall: &'a VmSpec,
+    pub agent: &'a VmSpec,
+    pub accel: Accel,
+    pub workspace: Option<&'a Path>,
+    pub hypervisor: Option<&'a Path>,
+}
+
+pub enum Booted {
+    /// Both VMs were already running.
+    AlreadyRunning,
+    Started,
+}
+
+/// Boots the instance (the caller holds its lock). Anything dead is cleaned
+/// up first; a half-running instance is stopped and started whole (a
+/// restarted firewall mints a new CA the running agent would not trust).
+/// On an error or Ctrl-C, whatever was started is stopped again.
+pub fn boot(
+    layout: &Layout,
+    meta: &mut Meta,
+    plan: &BootPlan,
+    signals: &Signals,
+) -> anyhow::Result<Booted> {
+    let backend = backend(meta)?;
+    let now = running(layout);
+    let alive = now
+        .iter()
+        .filter(|(_, r)| matches!(r, Recorded::Running(_)))
+        .count();
+    let expected = if meta.backend == "vfkit" { 3 } else { 2 };
+    if alive == expected {
+        return Ok(Booted::AlreadyRunning);
+    }
+    if !now.is_empty() {
+        for (role, rec) in &now {
+            if let Recorded::Dead(pid) = rec {
+                eprintln!(
+                    "cell: the {role} (pid {pid}) had stopped unexpectedly; restarting the cell"
+                );
+            }
+        }
+        stop_all(layout, backend.as_ref(), Duration::from_secs(10))?;
+    }
+    // Sockets left by a crash would make qemu or the relay fail to bind.
+    for s in backend.sockets(&layout.dir) {
+        if s.exists() {
+            fs::remove_file(&s).with_context(|| format!("removing stale {}", s.display()))?;
+        }
+    }
+    if let Some(free) = free_bytes(&layout.dir)
+        && free < MIN_FREE
+    {
+        bail!(
+            "only {} MiB free under {}; cell needs 2 GiB for the VMs' disks and logs. Free some space (`cell destroy --instance NAME` removes an instance), then run `cell` again",
+            free >> 20,
+            layout.dir.display()
+        );
+    }
+    for v in &plan.agent.volumes {
+        let path = layout.path(&v.image);
+        if !path.exists() {
+            let f =
+                fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+            // Sparse: takes space only as the guest writes; formatted by the guest on first boot.
+            f.set_len(v.size_mib << 20)
+                .with_context(|| format!("sizing {}", path.display()))?;
+        }
+    }
+    let public = remote::ensure_key(layout)?;
+    let _ = fs::remove_file(layout.known_hosts());
+    if meta.backend == "qemu" && !port_free(meta.ssh_port) {
+        let port = pick_port(meta.ssh_port.saturating_add(1))?;
+        eprintln!(
+            "cell: loopback port {} is taken; the firewall's SSH uses {port} instead",
+            meta.ssh_port
+        );
+        meta.ssh_port = port;
+        meta.save(layout)?;
+    }
+    let boot_args = vec![remote::key_boot_arg(&public)];
+    let cell_exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("cell"));
+    let ctx = Ctx {
+        dir: &layout.dir,
+        name: &layout.name,
+        firewall: plan.firewall,
+        agent: plan.agent,
+        accel: plan.accel,
+        ssh_port: meta.ssh_port,
+        boot_args: &boot_args,
+        workspace: plan.workspace,
+        cell_exe: &cell_exe,
+        hypervisor: plan.hypervisor,
+    };
+    let launches = backend.launches(&ctx)?;
+    let mut started = Vec::new();
+    let result = (|| -> anyhow::Result<()> {
+        for l in &launches {
+            eprintln!("cell: starting the {} ({})", l.role, backend.name());
+            let mut s = supervise::start(layout, l)?;
+            let waited = supervise::wait_created(
+                layout,
+                &mut s,
+                &l.creates,
+                Duration::from_secs(30),
+                signals,
+            );
+            started.push(s);
+            waited?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        stop_all(layout, backend.as_ref(), Duration::ZERO)?;
+        for mut s in started {
+            let _ = s.child.wait();
+        }
+        if signals.check().is_err() {
+            bail!(
+                "interrupted: the VMs started so far were stopped again; nothing is left running"
+            );
+        }
+        return Err(e);
+    }
+    Ok(Booted::Started)
+}
+
+/// Waits until `probe` succeeds, showing how long it has taken.
+pub fn wait_for(
+    what: &str,
+    timeout: Duration,
+    signals: &Signals,
+    layout: &Layout,
+    mut probe: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut last = 0;
+    loop {
+        if probe() {
+            eprintln!("cell: {what}: ready after {}s", started.elapsed().as_secs());
+            return Ok(());
+        }
+        if signals.check().is_err() {
+            bail!("interrupted while waiting for {what}");
+        }
+        for role in ROLES {
+            if let Recorded::Dead(pid) = supervise::recorded(layout, role) {
+                bail!(
+                    "the {role} VM (pid {pid}) exited while waiting for {what}:\n{}\n(full log: {})",
+                    supervise::tail(&layout.log(role), 20),
+                    layout.log(role).display()
+                );
+            }
+        }
+        let secs = started.elapsed().as_secs();
+        if started.elapsed() > timeout {
+            bail!(
+                "{what} did not answer within {secs}s; the console is in {}",
+                layout.path("firewall.console").display()
+            );
+        }
+        if secs >= last + 10 {
+            eprintln!("cell: waiting for {what} ({secs}s)…");
+            last = secs;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// SSH to the firewall answers.
+pub fn firewall_ready(ssh: &Ssh) -> bool {
+    ssh.firewall("true")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+pub fn agent_ready(ssh: &Ssh) -> bool {
+    ssh.agent(false, Some("true"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// `cell status` text.
+pub fn status(layout: &Layout, meta: &Meta) -> String {
+    let mut out = format!("instance {} ({})\n", layout.name, layout.dir.display());
+    out.push_str(&format!("  backend  {}\n", meta.backend));
+    out.push_str(&format!("  flake    {}#{}\n", meta.flake, meta.attr));
+    let roles: &[&str] = if meta.backend == "vfkit" {
+        &["firewall", "agent", "relay"]
+    } else {
+        &["firewall", "agent"]
+    };
+    for role in roles {
+        let state = match supervise::recorded(layout, role) {
+            Recorded::None => "stopped".to_string(),
+            Recorded::Running(pid) => format!("running (pid {pid})"),
+            Recorded::Dead(pid) => format!(
+                "CRASHED (pid {pid} is gone; see {}) — `cell` restarts it",
+                layout.log(role).display()
+            ),
+        };
+        out.push_str(&format!("  {role:<8} {state}\n"));
+    }
+    if meta.backend == "qemu" {
+        out.push_str(&format!(
+            "  ssh      127.0.0.1:{} → firewall:22\n",
+            meta.ssh_port
+        ));
+    }
+    out
+}
