@@ -27,9 +27,9 @@
       # The default cell (hosts/): what `nix run .#cell` boots when the user
       # has no project cell of their own.
       defaultCell =
-        system:
+        system: hostSystem:
         self.lib.mkCell {
-          inherit system;
+          inherit system hostSystem;
           modules = [ ./hosts/policy.nix ];
           firewallModules = [ ./hosts/firewall ];
           agentModules = [ ./hosts/agent ];
@@ -103,11 +103,19 @@
       };
 
       nixosConfigurations = {
-        cell-firewall = (defaultCell "x86_64-linux").firewall;
-        cell-agent = (defaultCell "x86_64-linux").agent;
-        cell-firewall-aarch64 = (defaultCell "aarch64-linux").firewall;
-        cell-agent-aarch64 = (defaultCell "aarch64-linux").agent;
+        cell-firewall = (defaultCell "x86_64-linux" "x86_64-linux").firewall;
+        cell-agent = (defaultCell "x86_64-linux" "x86_64-linux").agent;
+        cell-firewall-aarch64 = (defaultCell "aarch64-linux" "aarch64-linux").firewall;
+        cell-agent-aarch64 = (defaultCell "aarch64-linux" "aarch64-linux").agent;
       };
+
+      # The default cell per host system: `cell` builds `cellConfigurations.<host>.vms`
+      # of the flake it runs in (this one when the project has none of its own).
+      # On a Mac the guests are aarch64-linux, run by vfkit.
+      cellConfigurations = lib.genAttrs systems (
+        hostSystem:
+        defaultCell (if lib.hasSuffix "-darwin" hostSystem then "aarch64-linux" else hostSystem) hostSystem
+      );
 
       checks = forAllSystems (
         pkgs:

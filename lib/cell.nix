@@ -8,8 +8,11 @@
 #
 # `modules` go to both VMs (they share the `cell.*` namespace: the policy,
 # secrets and link); `firewallModules` / `agentModules` to one each.
-# Returns { firewall; agent; runners; }: the two nixosSystems and a package
-# holding both microvm.nix runners (what the host CLI starts).
+# Returns { firewall; agent; vms; runners; }: the two nixosSystems; `vms`,
+# what the host CLI builds and boots (firewall.json and agent.json, the VM
+# specs it turns into qemu or vfkit command lines, and policy.json, the Nix
+# baseline `cell policy` and `cell allow` validate against); and `runners`,
+# both microvm.nix runners, to start the VMs without the CLI.
 { nixpkgs
 , microvm
 , nixosModules
@@ -56,6 +59,20 @@ let
 in
 {
   inherit firewall agent;
+  vms = hostPkgs.linkFarm "cell-vms" [
+    {
+      name = "firewall.json";
+      path = hostPkgs.writeText "cell-vm-firewall.json" (builtins.toJSON firewall.config.cell.vm.spec);
+    }
+    {
+      name = "agent.json";
+      path = hostPkgs.writeText "cell-vm-agent.json" (builtins.toJSON agent.config.cell.vm.spec);
+    }
+    {
+      name = "policy.json";
+      path = firewall.config.cell.firewall.checkedPolicy;
+    }
+  ];
   runners = hostPkgs.linkFarm "cell-runners" [
     {
       name = "firewall";

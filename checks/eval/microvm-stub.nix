@@ -22,6 +22,22 @@ in
     vcpu = mkOption { type = types.ints.positive; };
     mem = mkOption { type = types.ints.positive; };
     storeOnDisk = mkOption { type = types.bool; };
+    kernel = mkOption {
+      type = types.package;
+      default = (import ./pkgs-stub.nix { }).coreutils // { name = "linux"; out = "/nix/store/00000000000000000000000000000000-linux"; };
+    };
+    initrdPath = mkOption {
+      type = types.str;
+      default = "/nix/store/00000000000000000000000000000000-initrd/initrd";
+    };
+    kernelParams = mkOption {
+      type = types.listOf types.str;
+      default = [ "init=/nix/store/00000000000000000000000000000000-nixos-system/init" ];
+    };
+    storeDisk = mkOption {
+      type = types.anything;
+      default = "/nix/store/00000000000000000000000000000000-store-disk.erofs";
+    };
     interfaces = list;
     forwardPorts = list;
     volumes = list;

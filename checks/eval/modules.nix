@@ -81,6 +81,10 @@ let
     ../../modules/vm
     { microvm.hypervisor = "vfkit"; }
   ];
+  vmFwDarwin = firewall [
+    ../../modules/vm
+    { microvm.hypervisor = "vfkit"; }
+  ];
 in
 run [
   # --- firewall -----------------------------------------------------------
@@ -308,6 +312,73 @@ run [
     "virtio-net,unixSocketPath=link-agent.sock,mac=02:ce:11:00:00:02"
   ])
   (eq "vm: sizes default by role" [ vmFw.microvm.mem vmAg.microvm.mem vmAg.microvm.vcpu ] [ 512 4096 2 ])
+  (eq "vm: the spec the host CLI boots (firewall: link + uplink, no volume)"
+    {
+      inherit (vmFw.cell.vm.spec) version role system linkMac uplinkMac volumes shares cmdline vcpu mem;
+      kernel = baseNameOf vmFw.cell.vm.spec.kernel;
+    }
+    {
+      version = 1;
+      role = "firewall";
+      system = "x86_64-linux";
+      linkMac = "02:ce:11:00:00:01";
+      uplinkMac = vmFw.cell.firewall.uplinkMac;
+      volumes = [ ];
+      shares = [ ];
+      cmdline = [ "init=/nix/store/00000000000000000000000000000000-nixos-system/init" ];
+      vcpu = 1;
+      mem = 512;
+      kernel = "bzImage";
+    })
+  (eq "vm: the agent's spec has no uplink, its /var volume and the workspace share"
+    {
+      inherit (vmAg.cell.vm.spec) role uplinkMac linkMac volumes shares;
+    }
+    {
+      role = "agent";
+      uplinkMac = null;
+      linkMac = "02:ce:11:00:00:02";
+      volumes = [
+        {
+          image = "agent-var.img";
+          sizeMib = 16384;
+        }
+      ];
+      shares = [
+        {
+          tag = "workspace";
+          source = "workspace";
+        }
+      ];
+    })
+  (eq "vm: the CLI's key comes from the kernel command line, read from /run by sshd, for root on the firewall and the agent user on the agent"
+    [
+      vmFw.services.openssh.authorizedKeysFiles
+      vmFw.systemd.services.cell-boot-key.before
+      (lib.hasInfix "authorized_keys.d/root" vmFw.systemd.services.cell-boot-key.serviceConfig.ExecStart.text)
+      (lib.hasInfix "authorized_keys.d/agent" vmAg.systemd.services.cell-boot-key.serviceConfig.ExecStart.text)
+      vmAg.fileSystems."/var".autoFormat
+    ]
+    [
+      [ "/run/cell/authorized_keys.d/%u" ]
+      [ "sshd.service" ]
+      true
+      true
+      true
+    ])
+  (eq "vm: sshd over vsock only on a vfkit firewall (qemu forwards a loopback port instead)"
+    [
+      (vmFwDarwin.systemd.sockets ? cell-sshd-vsock)
+      vmFwDarwin.systemd.sockets.cell-sshd-vsock.socketConfig.ListenStream
+      (vmFw.systemd.sockets ? cell-sshd-vsock)
+      (vmAgDarwin.systemd.sockets ? cell-sshd-vsock)
+    ]
+    [
+      true
+      "vsock::22"
+      false
+      false
+    ])
 
   # --- agent --------------------------------------------------------------
   (eq "agent: no failing assertions" (failing ag) [ ])
@@ -401,6 +472,22 @@ run [
       fsType = "9p";
       mounts = [ "/workspace" ];
     })
+  (eq "agent: `cell agent` finds the installed harnesses; the user's git key is made on first boot on /var"
+    [
+      ag.environment.etc."cell/harnesses".text
+      ag.systemd.services.cell-agent-key.serviceConfig.User
+      (lib.hasInfix "/var/lib/cell-agent/id_ed25519" ag.systemd.services.cell-agent-key.serviceConfig.ExecStart)
+      (lib.hasInfix "IdentityFile /var/lib/cell-agent/id_ed25519" ag.programs.ssh.extraConfig)
+    ]
+    [
+      "codex\npi\n"
+      "agent"
+      true
+      true
+    ])
+  (eq "firewall: `cell allow` has its installer on the firewall"
+    (map (p: p.name) (lib.filter (p: p.name == "cell-overlay-install") fw.environment.systemPackages))
+    [ "cell-overlay-install" ])
   (eq "agent: SSH by key only, root login off, host key on the persistent volume"
     {
       inherit (ag.services.openssh.settings) PasswordAuthentication PermitRootLogin;

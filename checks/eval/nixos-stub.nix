@@ -89,10 +89,21 @@ in
           after = list types.str;
           before = list types.str;
           bindsTo = list types.str;
+          unitConfig = any;
           reloadTriggers = list types.anything;
           restartTriggers = list types.anything;
           environment = any;
           serviceConfig = any;
+        };
+      });
+      default = { };
+    };
+    systemd.sockets = mkOption {
+      type = types.attrsOf (types.submodule {
+        options = {
+          description = str;
+          wantedBy = list types.str;
+          socketConfig = any;
         };
       });
       default = { };
@@ -103,6 +114,15 @@ in
       openFirewall = bool;
       hostKeys = list types.attrs;
       settings = any;
+      authorizedKeysFiles = list types.str;
+      package = mkOption {
+        type = types.package;
+        default = (import ./pkgs-stub.nix { }).openssh;
+      };
+    };
+    programs.ssh.extraConfig = mkOption {
+      type = types.lines;
+      default = "";
     };
     services.logrotate = {
       enable = bool;
@@ -132,7 +152,16 @@ in
       caCertificateBlacklist = list types.str;
     };
     environment.etc = mkOption {
-      type = types.attrsOf (types.submodule { options.source = mkOption { type = types.path; }; });
+      type = types.attrsOf (types.submodule {
+        options.source = mkOption {
+          type = types.nullOr types.path;
+          default = null;
+        };
+        options.text = mkOption {
+          type = types.nullOr types.lines;
+          default = null;
+        };
+      });
       default = { };
     };
     environment.variables = mkOption {
@@ -146,6 +175,7 @@ in
           device = str;
           fsType = str;
           options = list types.str;
+          autoFormat = bool;
         };
       });
       default = { };

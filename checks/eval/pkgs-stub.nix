@@ -14,6 +14,7 @@ let
   packages = {
     nftables = fake "nftables" { mainProgram = "nft"; };
     coreutils = fake "coreutils" { };
+    openssh = fake "openssh" { mainProgram = "ssh"; };
     curl = fake "curl" { };
     openssl = fake "openssl" { };
     git = fake "git" { };
@@ -32,6 +33,12 @@ in
 builtins.removeAttrs packages without
   // {
   writeText = name: text: fake name { inherit text; };
+  writeShellScript = name: text: fake name { inherit text; };
+  writeShellScriptBin = name: text: fake name { inherit text; };
+  stdenv.hostPlatform = {
+    system = "x86_64-linux";
+    linux-kernel.target = "bzImage";
+  };
   runCommand = name: env: script: fake name { inherit env script; };
   writeShellApplication = args: fake args.name { inherit (args) text runtimeInputs; };
   callPackage = _: _: { inherit (packages) cell-proxy; };

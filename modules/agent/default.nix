@@ -168,5 +168,28 @@ in
     };
 
     environment.systemPackages = harnessPackages ++ cfg.extraPackages ++ [ pkgs.git pkgs.curl ];
+
+    # `cell agent` without a name starts the first of these.
+    environment.etc."cell/harnesses".text = lib.concatMapStrings
+      (name: "${cfg.harnessBinaries.${name}}\n")
+      (lib.filter (name: pkgs ? ${cfg.harnessPackages.${name}}) cfg.harnesses);
+
+    # The agent's own SSH key (for git over SSH), made on first boot and kept
+    # on /var; `cell pubkey` prints the public half to add as a deploy key.
+    systemd.services.cell-agent-key = {
+      description = "Create the agent user's SSH key";
+      wantedBy = [ "multi-user.target" ];
+      unitConfig.ConditionPathExists = "!${cfg.ssh.userKeyPath}";
+      serviceConfig = {
+        Type = "oneshot";
+        User = cfg.user;
+        StateDirectory = "cell-agent";
+        StateDirectoryMode = "0700";
+        ExecStart = "${pkgs.openssh}/bin/ssh-keygen -q -t ed25519 -N '' -C ${cfg.user}@cell -f ${cfg.ssh.userKeyPath}";
+      };
+    };
+    programs.ssh.extraConfig = ''
+      IdentityFile ${cfg.ssh.userKeyPath}
+    '';
   };
 }

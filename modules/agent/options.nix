@@ -37,6 +37,18 @@ in
       description = "Which nixpkgs attribute each harness name installs. Read-only.";
     };
 
+    harnessBinaries = mkOption {
+      type = types.attrsOf types.str;
+      default = {
+        pi = "pi";
+        claude = "claude";
+        codex = "codex";
+        opencode = "opencode";
+      };
+      readOnly = true;
+      description = "The command each harness installs (what `cell agent NAME` runs). Read-only.";
+    };
+
     extraPackages = mkOption {
       type = types.listOf types.package;
       default = [ ];
@@ -59,7 +71,13 @@ in
     ssh.hostKeyPath = mkOption {
       type = types.str;
       default = "/var/lib/cell/ssh_host_ed25519_key";
-      description = "The agent VM's SSH host key, generated on first boot and kept on the VM's persistent volume (`cell pubkey` prints it).";
+      description = "The agent VM's SSH host key, generated on first boot and kept on the VM's persistent volume.";
+    };
+
+    ssh.userKeyPath = mkOption {
+      type = types.str;
+      default = "/var/lib/cell-agent/id_ed25519";
+      description = "The agent user's own SSH key (git over SSH), generated on first boot and kept on the persistent volume; `cell pubkey` prints its public half to add as a deploy key.";
     };
 
     workspace = {

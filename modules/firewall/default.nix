@@ -23,6 +23,15 @@ let
 
   eventLog = "/var/log/cell-proxy/events.jsonl";
 
+  # What `cell allow` runs over SSH: the new overlay on stdin, validated over
+  # the installed policy, written by rename, reloaded, the daemon's answer out.
+  overlayInstall = pkgs.writeShellScriptBin "cell-overlay-install" ''
+    exec ${lib.getExe cfg.package} --policy /etc/cell/policy.json \
+      --overlay ${lib.escapeShellArg cfg.overlayFile} \
+      --control ${lib.escapeShellArg cfg.controlSocket} \
+      --install-overlay -
+  '';
+
   args = [
     "--policy"
     "/etc/cell/policy.json"
@@ -237,6 +246,7 @@ in
     environment.systemPackages = [
       cfg.package
       pkgs.nftables
+      overlayInstall
     ];
   };
 }

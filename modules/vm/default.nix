@@ -14,6 +14,7 @@
 # directory, so one build serves every instance.
 { config
 , lib
+, pkgs
 , ...
 }:
 let
@@ -55,6 +56,27 @@ let
     "virtio-net-${devType},netdev=cell-link,mac=${mac}"
   ];
 
+  # The host CLI's key arrives on the kernel command line (base64url, so it
+  # is one word); sshd reads it from /run, never from the store.
+  keyUser = if isFirewall then "root" else config.cell.agent.user;
+  installKey = pkgs.writeShellScript "cell-boot-key" ''
+    set -eu
+    for word in $(cat /proc/cmdline); do
+      case "$word" in
+        cell.ssh_key=*)
+          key=''${word#cell.ssh_key=}
+          key=$(printf '%s' "$key" | tr '_-' '/+')
+          while [ $(( ''${#key} % 4 )) -ne 0 ]; do key="$key="; done
+          install -d -m 0755 /run/cell/authorized_keys.d
+          printf '%s' "$key" | ${pkgs.coreutils}/bin/base64 -d > /run/cell/authorized_keys.d/${keyUser}.tmp
+          printf '\n' >> /run/cell/authorized_keys.d/${keyUser}.tmp
+          chmod 0644 /run/cell/authorized_keys.d/${keyUser}.tmp
+          mv /run/cell/authorized_keys.d/${keyUser}.tmp /run/cell/authorized_keys.d/${keyUser}
+          ;;
+      esac
+    done
+  '';
+
   vfkitLink = [
     "--device"
     "virtio-net,unixSocketPath=${if isFirewall then "link-firewall.sock" else "link-agent.sock"},mac=${mac}"
@@ -89,6 +111,16 @@ in
       default = "link.sock";
       description = "The private link's unix socket, relative to the instance directory (qemu).";
     };
+    spec = mkOption {
+      type = types.attrs;
+      readOnly = true;
+      description = ''
+        What the host CLI boots (kernel, initrd, kernel parameters, store
+        image, sizes, MACs, volumes, shares): lib.mkCell writes it to
+        `firewall.json` / `agent.json`, and `cell` generates the qemu or vfkit
+        command line from it. Read-only.
+      '';
+    };
     workspaceSource = mkOption {
       type = types.str;
       default = "workspace";
@@ -98,6 +130,43 @@ in
 
   config = lib.mkMerge [
     {
+      cell.vm.spec = {
+        version = 1;
+        role = if isFirewall then "firewall" else "agent";
+        inherit (pkgs.stdenv.hostPlatform) system;
+        # Uncompressed on aarch64 (Image), which vfkit requires.
+        kernel = "${mvm.kernel.out}/${pkgs.stdenv.hostPlatform.linux-kernel.target}";
+        initrd = "${mvm.initrdPath}";
+        cmdline = mvm.kernelParams;
+        storeDisk = if mvm.storeOnDisk then "${mvm.storeDisk}" else null;
+        inherit (cfg) vcpu mem;
+        linkMac = mac;
+        uplinkMac = if isFirewall then config.cell.firewall.uplinkMac else null;
+        volumes = lib.optional isAgent {
+          image = "agent-var.img";
+          sizeMib = cfg.varSize;
+        };
+        shares = lib.optional (isAgent && config.cell.agent.workspace.enable) {
+          inherit (config.cell.agent.workspace) tag;
+          source = "workspace";
+        };
+      };
+
+      # The host CLI's key, from the kernel command line, before sshd starts.
+      systemd.services.cell-boot-key = {
+        description = "Install the host CLI's SSH key from the kernel command line";
+        wantedBy = [ "multi-user.target" ];
+        before = [ "sshd.service" ];
+        serviceConfig = {
+          Type = "oneshot";
+          RemainAfterExit = true;
+          ExecStart = installKey;
+        };
+      };
+      services.openssh.authorizedKeysFiles = [ "/run/cell/authorized_keys.d/%u" ];
+      # The guest formats its /var volume on first boot (the CLI creates it sparse).
+      fileSystems = lib.mkIf isAgent { "/var".autoFormat = true; };
+
       microvm.vcpu = cfg.vcpu;
       microvm.mem = cfg.mem;
       microvm.qemu.extraArgs = qemuLink;
@@ -122,6 +191,26 @@ in
           guest.port = 22;
         }
       ];
+    })
+    # vfkit has no port forwarding: the host reaches the firewall's sshd
+    # over vsock port 22, which vfkit exposes as ssh.sock.
+    (lib.mkIf (isFirewall && mvm.hypervisor == "vfkit") {
+      systemd.sockets.cell-sshd-vsock = {
+        description = "SSH over vsock for the host CLI (vfkit)";
+        wantedBy = [ "sockets.target" ];
+        socketConfig = {
+          ListenStream = "vsock::22";
+          Accept = true;
+        };
+      };
+      systemd.services."cell-sshd-vsock@" = {
+        description = "SSH over vsock for the host CLI";
+        serviceConfig = {
+          ExecStart = "${config.services.openssh.package}/bin/sshd -i -f /etc/ssh/sshd_config";
+          StandardInput = "socket";
+          StandardError = "journal";
+        };
+      };
     })
     (lib.mkIf isAgent {
       microvm.volumes = [

@@ -104,7 +104,7 @@ fn module_evaluation_tests_pass() {
         return;
     };
     let r = eval_json(&["checks/eval/modules.nix", "--arg", "lib", &lib_expr]);
-    assert!(r["cases"].as_u64().unwrap() >= 34, "{r}");
+    assert!(r["cases"].as_u64().unwrap() >= 41, "{r}");
     assert_eq!(r["failures"], serde_json::json!([]), "{r:#}");
 }
 

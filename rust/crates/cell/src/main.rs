@@ -354,7 +354,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Some(Command::Pubkey) => {
             let (l, meta) = existing(&name)?;
             let out = ssh_for(&l, &meta)?
-                .agent(false, Some("cat ~/.ssh/id_ed25519.pub"))
+                .agent(false, Some("cat /var/lib/cell-agent/id_ed25519.pub"))
                 .output()?;
             if !out.status.success() {
                 bail!(
