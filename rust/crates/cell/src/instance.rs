@@ -242,7 +242,7 @@ pub fn wait_for(
 
 /// SSH to the firewall answers.
 pub fn firewall_ready(ssh: &Ssh) -> bool {
-    ssh.firewall("true")
+    crate::signals::unblocked(&mut ssh.firewall("true"))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -252,7 +252,7 @@ pub fn firewall_ready(ssh: &Ssh) -> bool {
 }
 
 pub fn agent_ready(ssh: &Ssh) -> bool {
-    ssh.agent(false, Some("true"))
+    crate::signals::unblocked(&mut ssh.agent(false, Some("true")))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

@@ -580,7 +580,11 @@ fn up(name: &str, args: &UpArgs, then: Then) -> anyhow::Result<u8> {
     }
     drop(lock);
     match then {
-        Then::Shell => Err(ssh.agent(true, None).exec().into()),
+        Then::Shell => {
+            let mut shell = ssh.agent(true, None);
+            signals::unblocked(&mut shell);
+            Err(shell.exec().into())
+        }
         _ => Ok(0),
     }
 }

@@ -166,6 +166,8 @@ fn build_with(nix: &str, installable: &str, extra: &[String]) -> anyhow::Result<
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
+    // Ctrl-C must reach nix (cell blocks it in itself to clean up).
+    crate::signals::unblocked(&mut cmd);
     let mut child = cmd.spawn().map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             anyhow::anyhow!(

@@ -282,6 +282,28 @@ mod tests {
     }
 
     #[test]
+    fn the_lock_makes_a_second_cell_wait_for_the_first() {
+        let d = tempfile::tempdir().unwrap();
+        let l = Layout::new(d.path(), "t");
+        let first = l.lock().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let l2 = l.clone();
+        let waiter = std::thread::spawn(move || {
+            let _second = l2.lock().unwrap();
+            tx.send(()).unwrap();
+        });
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(300))
+                .is_err(),
+            "the second lock was granted while the first was held"
+        );
+        drop(first);
+        rx.recv_timeout(std::time::Duration::from_secs(5))
+            .expect("the second lock after the first was released");
+        waiter.join().unwrap();
+    }
+
+    #[test]
     fn meta_round_trips_and_a_damaged_file_says_how_to_recover() {
         let d = tempfile::tempdir().unwrap();
         let l = Layout::new(d.path(), "t");

@@ -1,0 +1,422 @@
+//! The real boot test: two tiny VMs under qemu TCG, started by `cell`'s own
+//! qemu backend, prove the wiring the design depends on.
+//!
+//! The VMs are a Debian kernel and a busybox initramfs built from Debian
+//! packages by `tests/tinyvm/build-assets.sh` (cached in the target dir). A
+//! per-test cpio adds each VM's script. What is proven:
+//!
+//! - the agent VM reaches the firewall VM over the private link (stream
+//!   netdev over `link.sock`), and the link is the agent's only NIC;
+//! - the agent cannot reach the host: a listener on the host's loopback,
+//!   which the firewall reaches through its uplink (the positive control),
+//!   never hears from the agent; nor does anything else answer the agent;
+//! - the host reaches the firewall's port 22 through the forwarded loopback
+//!   port (the control path `cell` uses for SSH);
+//! - `cell status` sees both VMs; a killed VM is reported and `cell start`
+//!   repairs it (stale socket and all); `cell stop` and `cell destroy` leave
+//!   no process, socket or file behind.
+//!
+//! Needs qemu-system-x86_64 and apt (CI installs them); elsewhere it skips
+//! and says why.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn cell(state: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cell"))
+        .args(args)
+        .env("CELL_STATE_DIR", state)
+        .env_remove("CELL_INSTANCE")
+        .output()
+        .unwrap()
+}
+
+fn ok(o: &Output) -> String {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "cell failed: {text}");
+    text
+}
+
+/// Every qemu process of this instance (by the `-name cell-INSTANCE-ROLE`).
+fn qemu_processes(instance: &str) -> Vec<i32> {
+    let needle = format!("cell-{instance}-");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| {
+                    let c = String::from_utf8_lossy(&c);
+                    c.contains("qemu-system") && c.contains(&needle)
+                })
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// Kills whatever the test left running and removes the state, even on failure.
+struct Cleanup {
+    instance: String,
+    state: PathBuf,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for pid in qemu_processes(&self.instance) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = std::fs::remove_dir_all(&self.state);
+    }
+}
+
+fn wait_for(path: &Path, marker: &str, timeout: Duration) -> String {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(marker) {
+            return text;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "`{marker}` not in {} after {:?}:\n{text}",
+            path.display(),
+            timeout
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn have_qemu() -> bool {
+    Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+const FIREWALL_SCRIPT: &str = r#"
+set -u
+HOSTPORT=$(sed -n 's/.*cell.test_hostport=\([0-9]*\).*/\1/p' /proc/cmdline)
+for i in /sys/class/net/*; do
+  n=${i##*/}
+  case "$(cat $i/address)" in
+    02:ce:11:00:00:01) LINK=$n ;;
+    02:ce:11:00:01:01) UP=$n ;;
+  esac
+done
+ip link set "$LINK" up
+ip addr add 10.89.0.1/24 dev "$LINK"
+ip link set "$UP" up
+ip addr add 10.0.2.15/24 dev "$UP"
+ip route add default via 10.0.2.2
+# No forwarding: the firewall answers the agent itself, routes nothing.
+echo 0 > /proc/sys/net/ipv4/ip_forward
+# The control path: the host's forwarded loopback port lands here.
+( while true; do echo cell-fw-control | nc -l -p 22; done ) &
+# The private link service the agent must reach.
+( while true; do echo hello-from-firewall | nc -l -p 7000; done ) &
+# Positive control: the host's listener is reachable from the uplink.
+sleep 1
+if echo fw-was-here | nc -w 5 10.0.2.2 "$HOSTPORT"; then echo FW-REACHED-HOST; else echo FW-HOST-FAILED; fi
+echo FW-UP
+while true; do sleep 60; done
+"#;
+
+const AGENT_SCRIPT: &str = r#"
+set -u
+HOSTPORT=$(sed -n 's/.*cell.test_hostport=\([0-9]*\).*/\1/p' /proc/cmdline)
+echo "AGENT-NICS $(ls /sys/class/net | tr '\n' ' ')"
+for i in /sys/class/net/*; do
+  [ "$(cat $i/address)" = 02:ce:11:00:00:02 ] && LINK=${i##*/}
+done
+ip link set "$LINK" up
+ip addr add 10.89.0.2/24 dev "$LINK"
+ip route add default via 10.89.0.1
+got=""
+for try in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
+  got=$(nc -w 3 10.89.0.1 7000 </dev/null 2>/dev/null)
+  [ "$got" = hello-from-firewall ] && break
+  sleep 1
+done
+if [ "$got" = hello-from-firewall ]; then echo AGENT-REACHED-FIREWALL; else echo AGENT-NO-FIREWALL; fi
+# Everything else must fail: the host through qemu's gateway address, qemu's
+# DNS, the firewall's uplink address, the wider world.
+for target in 10.0.2.2:$HOSTPORT 10.0.2.3:53 10.0.2.15:22 192.0.2.1:80; do
+  if echo agent-was-here | nc -w 3 ${target%:*} ${target#*:} >/dev/null 2>&1; then
+    echo "AGENT-ESCAPED $target"
+  else
+    echo "AGENT-BLOCKED $target"
+  fi
+done
+echo AGENT-DONE
+while true; do sleep 60; done
+"#;
+
+fn write_spec(dir: &Path, role: &str, initrd: &Path, vmlinuz: &Path, hostport: u16) {
+    let (link, uplink) = match role {
+        "firewall" => ("02:ce:11:00:00:01", Some("02:ce:11:00:01:01")),
+        _ => ("02:ce:11:00:00:02", None),
+    };
+    let spec = serde_json::json!({
+        "version": 1,
+        "role": role,
+        "system": "x86_64-linux",
+        "kernel": vmlinuz,
+        "initrd": initrd,
+        "cmdline": ["quiet", "loglevel=3", format!("cell.test_hostport={hostport}")],
+        "vcpu": 1,
+        "mem": 256,
+        "linkMac": link,
+        "uplinkMac": uplink,
+    });
+    std::fs::write(dir.join(format!("{role}.json")), spec.to_string()).unwrap();
+}
+
+/// Builds (or reuses) the assets and the two initrds; returns the spec dir.
+fn prepare(work: &Path, hostport: u16) -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tinyvm");
+    let assets = Path::new(env!("CARGO_TARGET_TMPDIR")).join("tinyvm-assets");
+    let st = Command::new("bash")
+        .arg(here.join("build-assets.sh"))
+        .arg(&assets)
+        .status()
+        .unwrap();
+    assert!(st.success(), "building the tiny VM assets failed");
+    let specs = work.join("specs");
+    std::fs::create_dir_all(&specs).unwrap();
+    for (role, script) in [("firewall", FIREWALL_SCRIPT), ("agent", AGENT_SCRIPT)] {
+        let dir = work.join(format!("test-{role}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("init.sh"), script).unwrap();
+        let extra = work.join(format!("{role}-test.cpio.gz"));
+        let st = Command::new("bash")
+            .arg(assets.join("pack-test.sh"))
+            .arg(&dir)
+            .arg(&extra)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let initrd = specs.join(format!("{role}.initrd"));
+        let mut out = std::fs::File::create(&initrd).unwrap();
+        for part in [assets.join("base.cpio.gz"), extra] {
+            out.write_all(&std::fs::read(part).unwrap()).unwrap();
+        }
+        write_spec(&specs, role, &initrd, &assets.join("vmlinuz"), hostport);
+    }
+    specs
+}
+
+#[test]
+fn two_tiny_vms_wired_by_the_qemu_backend() {
+    if !cfg!(target_os = "linux") || std::env::consts::ARCH != "x86_64" {
+        eprintln!("SKIPPED: the boot test runs on x86_64 Linux");
+        return;
+    }
+    if !have_qemu() {
+        if std::env::var_os("CI").is_some() {
+            panic!("qemu-system-x86_64 is required in CI (apt-get install qemu-system-x86)");
+        }
+        eprintln!("SKIPPED: qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)");
+        return;
+    }
+    let started = Instant::now();
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("state");
+    let instance = format!("boot-{}", std::process::id());
+    let _cleanup = Cleanup {
+        instance: instance.clone(),
+        state: state.clone(),
+    };
+
+    // The host listener: the firewall must reach it, the agent never.
+    let host = TcpListener::bind("127.0.0.1:0").unwrap();
+    let hostport = host.local_addr().unwrap().port();
+    let heard = Arc::new(Mutex::new(Vec::<String>::new()));
+    {
+        let heard = heard.clone();
+        std::thread::spawn(move || {
+            for conn in host.incoming() {
+                let Ok(mut c) = conn else { break };
+                let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut s = String::new();
+                let _ = c.read_to_string(&mut s);
+                heard.lock().unwrap().push(s.trim().to_string());
+            }
+        });
+    }
+    let specs = prepare(work.path(), hostport);
+    eprintln!("assets ready after {:?}", started.elapsed());
+
+    let i = instance.as_str();
+    let specs_arg = specs.to_str().unwrap();
+    let boot = Instant::now();
+    ok(&cell(
+        &state,
+        &[
+            "start",
+            "-i",
+            i,
+            "--specs",
+            specs_arg,
+            "--accel",
+            "tcg",
+            "--no-wait",
+        ],
+    ));
+    let dir = state.join("instances").join(i);
+    let fw_console = wait_for(
+        &dir.join("firewall.console"),
+        "FW-UP",
+        Duration::from_secs(180),
+    );
+    let agent_console = wait_for(
+        &dir.join("agent.console"),
+        "AGENT-DONE",
+        Duration::from_secs(180),
+    );
+    eprintln!("both VMs ran their checks {:?} after start", boot.elapsed());
+
+    // The private link works, and it is the agent's only NIC.
+    assert!(
+        agent_console.contains("AGENT-REACHED-FIREWALL"),
+        "{agent_console}"
+    );
+    let nics = agent_console
+        .lines()
+        .find_map(|l| l.strip_prefix("AGENT-NICS "))
+        .unwrap();
+    let nics: Vec<&str> = nics.split_whitespace().filter(|n| *n != "lo").collect();
+    assert_eq!(nics.len(), 1, "the agent has one NIC: {nics:?}");
+
+    // The positive control: the host listener is reachable from the firewall…
+    assert!(fw_console.contains("FW-REACHED-HOST"), "{fw_console}");
+    // …and from the agent nothing gets anywhere but the firewall.
+    assert!(!agent_console.contains("AGENT-ESCAPED"), "{agent_console}");
+    assert_eq!(
+        agent_console.matches("AGENT-BLOCKED").count(),
+        4,
+        "{agent_console}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let heard_now = heard.lock().unwrap().clone();
+    assert!(
+        heard_now.contains(&"fw-was-here".to_string()),
+        "{heard_now:?}"
+    );
+    assert!(
+        !heard_now.iter().any(|h| h.contains("agent")),
+        "the host heard from the agent: {heard_now:?}"
+    );
+
+    // The control path: host loopback port → firewall port 22.
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("instance.json")).unwrap()).unwrap();
+    let port = meta["sshPort"].as_u64().unwrap() as u16;
+    let mut banner = String::new();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = s.read_to_string(&mut banner);
+    assert_eq!(banner.trim(), "cell-fw-control");
+
+    // status sees both; starting again leaves them alone.
+    let status = ok(&cell(&state, &["status", "-i", i]));
+    assert_eq!(status.matches("running (pid").count(), 2, "{status}");
+    let again = ok(&cell(
+        &state,
+        &[
+            "start",
+            "-i",
+            i,
+            "--specs",
+            specs_arg,
+            "--accel",
+            "tcg",
+            "--no-wait",
+        ],
+    ));
+    assert!(again.contains("is running"), "{again}");
+    assert_eq!(qemu_processes(i).len(), 2);
+
+    // A killed firewall: status explains, start repairs (its socket is stale).
+    let fw_pid: i32 = std::fs::read_to_string(dir.join("firewall.pid"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(fw_pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        dir.join("link.sock").exists(),
+        "qemu leaves its socket behind when killed"
+    );
+    let status = ok(&cell(&state, &["status", "-i", i]));
+    assert!(status.contains("CRASHED"), "{status}");
+    let doctor = cell(&state, &["doctor"]);
+    let doctor_text = String::from_utf8_lossy(&doctor.stdout);
+    assert!(
+        doctor_text.contains(&format!("instance `{i}`: the firewall")),
+        "{doctor_text}"
+    );
+    let repaired = ok(&cell(
+        &state,
+        &[
+            "start",
+            "-i",
+            i,
+            "--specs",
+            specs_arg,
+            "--accel",
+            "tcg",
+            "--no-wait",
+        ],
+    ));
+    assert!(repaired.contains("stopped unexpectedly"), "{repaired}");
+    wait_for(
+        &dir.join("agent.console"),
+        "AGENT-REACHED-FIREWALL",
+        Duration::from_secs(180),
+    );
+    assert_eq!(qemu_processes(i).len(), 2);
+
+    // stop leaves no process and no socket; destroy leaves nothing at all.
+    let stopped = ok(&cell(&state, &["stop", "-i", i]));
+    assert!(stopped.contains("firewall: "), "{stopped}");
+    assert!(qemu_processes(i).is_empty(), "qemu survived `cell stop`");
+    for f in [
+        "link.sock",
+        "firewall.qmp",
+        "agent.qmp",
+        "firewall.pid",
+        "agent.pid",
+    ] {
+        assert!(!dir.join(f).exists(), "{f} left behind by `cell stop`");
+    }
+    let status = ok(&cell(&state, &["status", "-i", i]));
+    assert_eq!(status.matches("stopped").count(), 2, "{status}");
+    let refused = cell(&state, &["destroy", "-i", i]);
+    assert!(
+        !refused.status.success(),
+        "destroy without --yes and no terminal must refuse"
+    );
+    assert!(dir.exists());
+    ok(&cell(&state, &["destroy", "-i", i, "--yes"]));
+    assert!(!dir.exists(), "destroy left {}", dir.display());
+    eprintln!("boot test done in {:?}", started.elapsed());
+}
