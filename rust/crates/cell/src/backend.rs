@@ -64,6 +64,25 @@ pub struct Ctx<'a> {
     pub cell_exe: &'a Path,
     /// A hypervisor binary to use instead of the one on PATH.
     pub hypervisor: Option<&'a Path>,
+    /// The hypervisor's version (major, minor) when known: qemu renamed an
+    /// option in 9.2. `None`: assume a current one.
+    pub version: Option<(u32, u32)>,
+}
+
+/// `QEMU emulator version 7.2.15 (…)` → (7, 2).
+pub fn parse_qemu_version(text: &str) -> Option<(u32, u32)> {
+    let v = text.split("version ").nth(1)?;
+    let mut it = v.split(|c: char| !c.is_ascii_digit());
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+/// Asks `program --version`.
+pub fn hypervisor_version(program: &Path) -> Option<(u32, u32)> {
+    let out = std::process::Command::new(program)
+        .arg("--version")
+        .output()
+        .ok()?;
+    parse_qemu_version(&String::from_utf8_lossy(&out.stdout))
 }
 
 /// One process to start.
@@ -212,14 +231,26 @@ impl Qemu {
                 format!("stream,id=link,server=on,addr.type=unix,addr.path={link}"),
                 vec![dir.join("link.sock")],
             ),
-            // …the agent connects, and reconnects if the firewall restarts.
+            // …the agent connects, and reconnects if the firewall restarts
+            // (`reconnect-ms` since qemu 9.2, `reconnect` in seconds since
+            // 8.0, nothing before: the launcher starts the agent only once
+            // the firewall's socket exists, and restarts both together).
             Role::Agent => (
                 format!(
-                    "stream,id=link,server=off,addr.type=unix,addr.path={link},reconnect-ms=1000"
+                    "stream,id=link,server=off,addr.type=unix,addr.path={link}{}",
+                    match ctx.version {
+                        Some(v) if v < (8, 0) => "",
+                        Some(v) if v < (9, 2) => ",reconnect=1",
+                        _ => ",reconnect-ms=1000",
+                    }
                 ),
                 vec![],
             ),
         };
+        // qemu creates its monitor socket once it has parsed its arguments
+        // and set the machine up: the sign it is running, not failing.
+        let mut creates = creates;
+        creates.push(dir.join(format!("{role}.qmp")));
         push(&[
             "-netdev",
             &netdev,
@@ -397,6 +428,7 @@ mod tests {
             workspace: Some(Path::new("/home/u/src/project")),
             cell_exe: Path::new("/nix/store/c-cell/bin/cell"),
             hypervisor: None,
+            version: None,
         }
     }
 
@@ -524,6 +556,35 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_reconnect_option_follows_the_qemu_version() {
+        assert_eq!(
+            parse_qemu_version(
+                "QEMU emulator version 7.2.15 (Debian 1:7.2+dfsg-7+deb12u7)\nCopyright"
+            ),
+            Some((7, 2))
+        );
+        assert_eq!(
+            parse_qemu_version("QEMU emulator version 10.0.2"),
+            Some((10, 0))
+        );
+        assert_eq!(parse_qemu_version("nonsense"), None);
+        let (fw, ag, k) = (firewall(), agent(), key());
+        let mut c = ctx(&fw, &ag, Accel::Tcg, &k);
+        c.version = Some((7, 2));
+        let oldest = Qemu.launches(&c).unwrap()[1].args.join(" ");
+        assert!(!oldest.contains("reconnect"), "{oldest}");
+        c.version = Some((8, 2));
+        let old = Qemu.launches(&c).unwrap()[1].args.join(" ");
+        assert!(
+            old.contains(",reconnect=1") && !old.contains("reconnect-ms"),
+            "{old}"
+        );
+        c.version = Some((9, 2));
+        let new = Qemu.launches(&c).unwrap()[1].args.join(" ");
+        assert!(new.contains(",reconnect-ms=1000"), "{new}");
     }
 
     #[test]

@@ -50,11 +50,32 @@ pub fn stop_all(
     backend: &dyn Backend,
     grace: Duration,
 ) -> anyhow::Result<Vec<String>> {
+    // All at once: each gets the same grace to power off cleanly.
+    let results: Vec<(&str, Recorded, anyhow::Result<Stopped>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = ROLES
+            .iter()
+            .map(|role| {
+                let before = supervise::recorded(layout, role);
+                (
+                    *role,
+                    before,
+                    scope.spawn(move || supervise::stop(layout, role, grace)),
+                )
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|(role, before, h)| {
+                let r = h
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("stopping the {role} panicked")));
+                (role, before, r)
+            })
+            .collect()
+    });
     let mut said = Vec::new();
-    for role in ROLES {
-        let before = supervise::recorded(layout, role);
-        let how = supervise::stop(layout, role, grace)?;
-        match (how, before) {
+    for (role, before, how) in results {
+        match (how?, before) {
             (Stopped::NotRunning, Recorded::Dead(pid)) => said.push(format!(
                 "{role}: had already exited (pid {pid}); record cleared"
             )),
@@ -140,6 +161,13 @@ pub fn boot(
                 .with_context(|| format!("sizing {}", path.display()))?;
         }
     }
+    // Each boot gets fresh consoles; the previous boot's stay as *.console.old.
+    for role in ROLES {
+        let console = layout.path(&format!("{role}.console"));
+        if console.exists() {
+            let _ = fs::rename(&console, layout.path(&format!("{role}.console.old")));
+        }
+    }
     let public = remote::ensure_key(layout)?;
     let _ = fs::remove_file(layout.known_hosts());
     if meta.backend == "qemu" && !port_free(meta.ssh_port) {
@@ -153,6 +181,18 @@ pub fn boot(
     }
     let boot_args = vec![remote::key_boot_arg(&public)];
     let cell_exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("cell"));
+    let version = if meta.backend == "qemu" {
+        let program = plan.hypervisor.map(Path::to_path_buf).unwrap_or_else(|| {
+            PathBuf::from(if plan.firewall.system.starts_with("aarch64") {
+                "qemu-system-aarch64"
+            } else {
+                "qemu-system-x86_64"
+            })
+        });
+        backend::hypervisor_version(&program)
+    } else {
+        None
+    };
     let ctx = Ctx {
         dir: &layout.dir,
         name: &layout.name,
@@ -164,6 +204,7 @@ pub fn boot(
         workspace: plan.workspace,
         cell_exe: &cell_exe,
         hypervisor: plan.hypervisor,
+        version,
     };
     let launches = backend.launches(&ctx)?;
     let mut started = Vec::new();
@@ -265,7 +306,14 @@ pub fn agent_ready(ssh: &Ssh) -> bool {
 pub fn status(layout: &Layout, meta: &Meta) -> String {
     let mut out = format!("instance {} ({})\n", layout.name, layout.dir.display());
     out.push_str(&format!("  backend  {}\n", meta.backend));
-    out.push_str(&format!("  flake    {}#{}\n", meta.flake, meta.attr));
+    if meta.firewall_spec.starts_with("/nix/store/") || meta.firewall_spec.is_empty() {
+        out.push_str(&format!("  flake    {}#{}\n", meta.flake, meta.attr));
+    } else {
+        out.push_str(&format!(
+            "  specs    {}\n",
+            meta.firewall_spec.trim_end_matches("/firewall.json")
+        ));
+    }
     let roles: &[&str] = if meta.backend == "vfkit" {
         &["firewall", "agent", "relay"]
     } else {
@@ -276,8 +324,9 @@ pub fn status(layout: &Layout, meta: &Meta) -> String {
             Recorded::None => "stopped".to_string(),
             Recorded::Running(pid) => format!("running (pid {pid})"),
             Recorded::Dead(pid) => format!(
-                "CRASHED (pid {pid} is gone; see {}) — `cell` restarts it",
-                layout.log(role).display()
+                "EXITED (pid {pid} is gone: crashed, killed or powered off from inside; see {} and {}) — `cell` starts the cell again",
+                layout.log(role).display(),
+                layout.path(&format!("{role}.console")).display()
             ),
         };
         out.push_str(&format!("  {role:<8} {state}\n"));

@@ -46,7 +46,7 @@ repository. `cell doctor` checks this machine.";
 /// cell: give a coding agent root in a disposable VM, and let every byte it
 /// sends out pass a firewall VM that enforces your allowlist.
 #[derive(Parser)]
-#[command(version, about, after_help = AFTER_HELP)]
+#[command(version, after_help = AFTER_HELP)]
 struct Cli {
     /// Which cell instance (each has its own VMs, disks, overlay and keys).
     #[arg(long, short = 'i', global = true, env = "CELL_INSTANCE", default_value = "default", value_parser = state::check_name)]
@@ -148,6 +148,7 @@ In force within a second; the reply lists what changed. An invalid change is ref
 and the overlay stays as it was. To make an entry permanent, add it to the Nix
 configuration (`cell.policy`) and run `cell provision`.")]
     Allow {
+        /// `https`: TLS intercepted, method and path rules apply; `tcp`: spliced as is.
         #[arg(required_unless_present = "edit")]
         kind: Option<Kind>,
         /// HOST for https (`api.example.com`, `*.example.com`), HOST:PORT for tcp.
@@ -197,7 +198,11 @@ configuration (`cell.policy`) and run `cell provision`.")]
     /// Show the instance's VMs and how to reach them.
     Status,
     /// Power both VMs off (disks and overlay are kept).
-    Stop,
+    Stop {
+        /// How long the VMs get to shut down cleanly before they are terminated.
+        #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
     /// Stop the VMs and delete the instance: disks, keys, overlay, logs.
     Destroy {
         /// Do not ask.
@@ -370,14 +375,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             print!("{}", instance::status(&l, &meta));
             Ok(0)
         }
-        Some(Command::Stop) => {
+        Some(Command::Stop { timeout }) => {
             let (l, meta) = existing(&name)?;
             let _lock = l.lock()?;
-            let said = instance::stop_all(
-                &l,
-                instance::backend(&meta)?.as_ref(),
-                Duration::from_secs(20),
-            )?;
+            let said = instance::stop_all(&l, instance::backend(&meta)?.as_ref(), timeout)?;
             if said.is_empty() {
                 eprintln!("cell: instance `{name}` was not running");
             }
