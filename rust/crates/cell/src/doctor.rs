@@ -45,18 +45,65 @@ pub fn kvm() -> Result<(), String> {
     Ok(())
 }
 
+/// Can qemu start a KVM guest? A /dev/kvm that creates VMs may still fail
+/// the first vCPU reset (broken nested virtualization: "failed to set MSR").
+/// Starts a paused, diskless guest: one that is still running after a moment
+/// works.
+pub fn kvm_with_qemu(qemu: &Path) -> Result<(), String> {
+    kvm()?;
+    let mut child = Command::new(qemu)
+        .args([
+            "-accel",
+            "kvm",
+            "-cpu",
+            "host",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-S",
+            "-monitor",
+            "none",
+            "-serial",
+            "none",
+            "-m",
+            "64",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", qemu.display()))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(1500);
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            return Err(format!(
+                "/dev/kvm opens, but qemu cannot run a KVM guest here ({}); nested virtualization is likely missing or broken",
+                err.lines().next().unwrap_or("no message").trim()
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(())
+}
+
 /// The accelerator to use, and a warning to print when it is the slow one.
-pub fn choose_accel(request: &str) -> anyhow::Result<(Accel, Option<String>)> {
+pub fn choose_accel(request: &str, qemu: &Path) -> anyhow::Result<(Accel, Option<String>)> {
     if cfg!(target_os = "macos") {
         return Ok((Accel::Hvf, None));
     }
     match request {
         "kvm" => {
-            kvm().map_err(|e| anyhow::anyhow!("--accel kvm: {e}"))?;
+            kvm_with_qemu(qemu).map_err(|e| anyhow::anyhow!("--accel kvm: {e}"))?;
             Ok((Accel::Kvm, None))
         }
         "tcg" => Ok((Accel::Tcg, None)),
-        "auto" => match kvm() {
+        "auto" => match kvm_with_qemu(qemu) {
             Ok(()) => Ok((Accel::Kvm, None)),
             Err(why) => Ok((
                 Accel::Tcg,
@@ -111,7 +158,7 @@ pub fn report(root: &Path) -> (String, bool) {
                 .then(|| "`nix run .#cell` brings vfkit; or `brew install vfkit`".into()),
         });
     } else {
-        let k = kvm();
+        let k = kvm_with_qemu(Path::new("qemu-system-x86_64"));
         checks.push(Check {
             ok: k.is_ok(),
             what: "KVM usable".into(),
@@ -257,10 +304,13 @@ mod tests {
         if let Err(why) = kvm() {
             assert!(why.contains("/dev/kvm"), "{why}");
         }
-        let (accel, warning) = choose_accel("auto").unwrap();
+        let qemu = Path::new("qemu-system-x86_64");
+        let (accel, warning) = choose_accel("auto", qemu).unwrap();
         if accel == Accel::Tcg {
             assert!(warning.unwrap().contains("TCG"));
+            let e = choose_accel("kvm", qemu).unwrap_err().to_string();
+            assert!(e.contains("--accel kvm: ") && e.contains("/dev/kvm"), "{e}");
         }
-        assert!(choose_accel("fast").is_err());
+        assert!(choose_accel("fast", qemu).is_err());
     }
 }

@@ -250,12 +250,18 @@ pub fn wait_for(
     let started = Instant::now();
     let mut last = 0;
     loop {
-        if probe() {
-            eprintln!("cell: {what}: ready after {}s", started.elapsed().as_secs());
-            return Ok(());
-        }
+        // Before and after each probe: a probe can take seconds, and Ctrl-C
+        // during it must win over a late success.
         if signals.check().is_err() {
             bail!("interrupted while waiting for {what}");
+        }
+        let up = probe();
+        if signals.check().is_err() {
+            bail!("interrupted while waiting for {what}");
+        }
+        if up {
+            eprintln!("cell: {what}: ready after {}s", started.elapsed().as_secs());
+            return Ok(());
         }
         for role in ROLES {
             if let Recorded::Dead(pid) = supervise::recorded(layout, role) {

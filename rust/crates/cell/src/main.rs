@@ -540,7 +540,14 @@ fn up(name: &str, args: &UpArgs, then: Then) -> anyhow::Result<u8> {
     meta.firewall_spec = spec_dir.join("firewall.json").to_string_lossy().into();
     meta.agent_spec = spec_dir.join("agent.json").to_string_lossy().into();
     meta.save(&l)?;
-    let (accel, warning) = doctor::choose_accel(&args.accel)?;
+    let qemu = args.hypervisor.clone().unwrap_or_else(|| {
+        PathBuf::from(if fw.system.starts_with("aarch64") {
+            "qemu-system-aarch64"
+        } else {
+            "qemu-system-x86_64"
+        })
+    });
+    let (accel, warning) = doctor::choose_accel(&args.accel, &qemu)?;
     if let Some(w) = warning {
         eprintln!("{w}");
     }
@@ -559,7 +566,11 @@ fn up(name: &str, args: &UpArgs, then: Then) -> anyhow::Result<u8> {
     if matches!(then, Then::NoWait) {
         return Ok(0);
     }
-    let ssh = ssh_for(&l, &meta)?;
+    // Not ssh_for: a VM that died during boot is reported by wait_for with its log.
+    let ssh = Ssh::new(
+        &l,
+        instance::backend(&meta)?.ssh_route(&l.dir, meta.ssh_port),
+    );
     let wait = || -> anyhow::Result<()> {
         instance::wait_for("the firewall VM", args.boot_timeout, &signals, &l, || {
             instance::firewall_ready(&ssh)

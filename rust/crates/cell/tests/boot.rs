@@ -105,6 +105,22 @@ fn have_qemu() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// Installs the host CLI's key from the kernel command line (`cell.ssh_key=`,
+/// base64url), as the NixOS images' cell-boot-key unit does, and starts
+/// dropbear. $1: user, $2: home, $3: uid, $4: listen address.
+const SSH_SETUP: &str = r#"
+start_ssh() {
+  k=$(sed -n 's/.*cell.ssh_key=\([A-Za-z0-9_-]*\).*/\1/p' /proc/cmdline | tr '_-' '/+')
+  while [ $(( ${#k} % 4 )) -ne 0 ]; do k="$k="; done
+  mkdir -p "$2/.ssh"
+  printf '%s' "$k" | base64 -d > "$2/.ssh/authorized_keys"
+  echo >> "$2/.ssh/authorized_keys"
+  chmod 755 "$2"; chmod 700 "$2/.ssh"; chmod 600 "$2/.ssh/authorized_keys"
+  chown -R "$3:$3" "$2"
+  dropbear -R -E -p "$4:22" 2>/dev/console
+}
+"#;
+
 const FIREWALL_SCRIPT: &str = r#"
 set -u
 HOSTPORT=$(sed -n 's/.*cell.test_hostport=\([0-9]*\).*/\1/p' /proc/cmdline)
@@ -122,8 +138,20 @@ ip addr add 10.0.2.15/24 dev "$UP"
 ip route add default via 10.0.2.2
 # No forwarding: the firewall answers the agent itself, routes nothing.
 echo 0 > /proc/sys/net/ipv4/ip_forward
-# The control path: the host's forwarded loopback port lands here.
-( while true; do echo cell-fw-control | nc -l -p 22; done ) &
+# The control path: the host's forwarded loopback port lands on sshd.
+start_ssh root /root 0 10.0.2.15
+# What `cell allow` runs over SSH (the real image runs cell-proxy
+# --install-overlay, tested on its own): show what arrived.
+mkdir -p /usr/bin /var/lib/cell-proxy /var/log/cell-proxy
+cat > /usr/bin/cell-overlay-install <<'INSTALL'
+#!/bin/sh
+cat > /var/lib/cell-proxy/overlay.json
+echo "FW-OVERLAY $(cat /var/lib/cell-proxy/overlay.json)" > /dev/console
+echo '{"ok":true,"event":{"decision":"applied"}}'
+INSTALL
+chmod 755 /usr/bin/cell-overlay-install
+# An event line in cell-proxy's format, for `cell blocked` to fetch.
+echo '{"event":"dns","client":"10.89.0.2:41000","name":"evil.example","type":"A","decision":"deny","rcode":"NXDomain","reason":"no-rule","time":"2026-11-24T10:00:01.000Z"}' > /var/log/cell-proxy/events.jsonl
 # The private link service the agent must reach.
 ( while true; do echo hello-from-firewall | nc -l -p 7000; done ) &
 # Positive control: the host's listener is reachable from the uplink.
@@ -143,6 +171,7 @@ done
 ip link set "$LINK" up
 ip addr add 10.89.0.2/24 dev "$LINK"
 ip route add default via 10.89.0.1
+start_ssh agent /home/agent 1000 10.89.0.2
 got=""
 for try in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
   got=$(nc -w 3 10.89.0.1 7000 </dev/null 2>/dev/null)
@@ -198,10 +227,16 @@ fn prepare(work: &Path, hostport: u16) -> PathBuf {
     assert!(st.success(), "building the tiny VM assets failed");
     let specs = work.join("specs");
     std::fs::create_dir_all(&specs).unwrap();
+    // The Nix baseline `cell policy` and `cell allow` validate against.
+    std::fs::write(
+        specs.join("policy.json"),
+        r#"{"https":[{"host":"api.anthropic.com","methods":["POST"]}],"tcp":[{"host":"github.com","ports":[22]}]}"#,
+    )
+    .unwrap();
     for (role, script) in [("firewall", FIREWALL_SCRIPT), ("agent", AGENT_SCRIPT)] {
         let dir = work.join(format!("test-{role}"));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("init.sh"), script).unwrap();
+        std::fs::write(dir.join("init.sh"), format!("{SSH_SETUP}{script}")).unwrap();
         let extra = work.join(format!("{role}-test.cpio.gz"));
         let st = Command::new("bash")
             .arg(assets.join("pack-test.sh"))
@@ -264,7 +299,9 @@ fn two_tiny_vms_wired_by_the_qemu_backend() {
     let i = instance.as_str();
     let specs_arg = specs.to_str().unwrap();
     let boot = Instant::now();
-    ok(&cell(
+    // `cell start` waits until SSH answers on both VMs: the firewall through
+    // the loopback forward, the agent through the firewall.
+    let first = ok(&cell(
         &state,
         &[
             "start",
@@ -272,11 +309,17 @@ fn two_tiny_vms_wired_by_the_qemu_backend() {
             i,
             "--specs",
             specs_arg,
-            "--accel",
-            "tcg",
-            "--no-wait",
+            "--boot-timeout",
+            "3m",
         ],
     ));
+    assert!(first.contains("the agent VM: ready"), "{first}");
+    if !String::from_utf8_lossy(&cell(&state, &["doctor"]).stdout).contains("ok   KVM usable") {
+        assert!(
+            first.contains("Falling back to TCG"),
+            "the TCG fallback is loud: {first}"
+        );
+    }
     let dir = state.join("instances").join(i);
     let fw_console = wait_for(
         &dir.join("firewall.console"),
@@ -322,15 +365,73 @@ fn two_tiny_vms_wired_by_the_qemu_backend() {
         "the host heard from the agent: {heard_now:?}"
     );
 
-    // The control path: host loopback port → firewall port 22.
+    // The control path: host loopback port → the firewall's sshd.
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("instance.json")).unwrap()).unwrap();
     let port = meta["sshPort"].as_u64().unwrap() as u16;
-    let mut banner = String::new();
+    let mut banner = [0u8; 8];
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let _ = s.read_to_string(&mut banner);
-    assert_eq!(banner.trim(), "cell-fw-control");
+    s.read_exact(&mut banner).unwrap();
+    assert_eq!(&banner, b"SSH-2.0-");
+
+    // Commands run in the agent, through the firewall; the exit status is kept.
+    let out = ok(&cell(
+        &state,
+        &[
+            "run",
+            "-i",
+            i,
+            "--",
+            "sh",
+            "-c",
+            "echo on $(ip -o -4 addr show | grep -o '10.89.0.2')",
+        ],
+    ));
+    assert!(out.contains("on 10.89.0.2"), "{out}");
+    let failed = cell(&state, &["run", "-i", i, "--", "sh", "-c", "exit 7"]);
+    assert_eq!(failed.status.code(), Some(7));
+    let quoted = ok(&cell(
+        &state,
+        &["run", "-i", i, "--", "printf", "%s|", "a b", "it's"],
+    ));
+    assert!(
+        quoted.contains("a b|it's|"),
+        "arguments arrive as given: {quoted}"
+    );
+
+    // The live overlay: validated here, sent to the firewall over SSH.
+    let allowed = ok(&cell(
+        &state,
+        &["allow", "-i", i, "https", "pypi.org", "--method", "GET"],
+    ));
+    assert!(
+        allowed.contains("+ https pypi.org methods GET") && allowed.contains("in force"),
+        "{allowed}"
+    );
+    let fw_console = wait_for(
+        &dir.join("firewall.console"),
+        "FW-OVERLAY",
+        Duration::from_secs(20),
+    );
+    assert!(fw_console.contains(r#""host":"pypi.org""#), "{fw_console}");
+    let refused = cell(&state, &["allow", "-i", i, "https", "*"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("allowAnyHost"));
+    let policy = ok(&cell(&state, &["policy", "-i", i]));
+    assert!(
+        policy.contains("https  pypi.org:443  methods GET")
+            && policy.contains("overlay  overlay:https[0]"),
+        "{policy}"
+    );
+    assert!(policy.contains("nix      policy:https[0]"), "{policy}");
+    let denied = ok(&cell(&state, &["deny", "-i", i, "api.anthropic.com"]));
+    assert!(denied.contains("+ deny api.anthropic.com"), "{denied}");
+    let blocked = ok(&cell(&state, &["blocked", "-i", i]));
+    assert!(
+        blocked.contains("dns evil.example") && blocked.contains("cell allow https evil.example"),
+        "{blocked}"
+    );
 
     // status sees both; starting again leaves them alone.
     let status = ok(&cell(&state, &["status", "-i", i]));
@@ -391,6 +492,10 @@ fn two_tiny_vms_wired_by_the_qemu_backend() {
         ],
     ));
     assert!(repaired.contains("stopped unexpectedly"), "{repaired}");
+    assert!(
+        dir.join("firewall.console.old").exists(),
+        "the crashed boot's console is kept"
+    );
     wait_for(
         &dir.join("agent.console"),
         "AGENT-REACHED-FIREWALL",
@@ -421,5 +526,46 @@ fn two_tiny_vms_wired_by_the_qemu_backend() {
     assert!(dir.exists());
     ok(&cell(&state, &["destroy", "-i", i, "--yes"]));
     assert!(!dir.exists(), "destroy left {}", dir.display());
+
+    // Ctrl-C while `cell start` waits for the VMs: both are stopped again.
+    let j = format!("{i}-int");
+    let starting = Command::new(env!("CARGO_BIN_EXE_cell"))
+        .args(["start", "-i", &j, "--specs", specs_arg, "--accel", "tcg"])
+        .env("CELL_STATE_DIR", &state)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let jdir = state.join("instances").join(&j);
+    let t = Instant::now();
+    while !jdir.join("agent.qmp").exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the interrupted instance never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(starting.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = starting.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("interrupted") && text.contains("nothing is left running"),
+        "{text}"
+    );
+    assert!(qemu_processes(&j).is_empty(), "Ctrl-C left qemu running");
+    for f in [
+        "link.sock",
+        "firewall.qmp",
+        "agent.qmp",
+        "firewall.pid",
+        "agent.pid",
+    ] {
+        assert!(!jdir.join(f).exists(), "{f} left behind by Ctrl-C");
+    }
+    ok(&cell(&state, &["destroy", "-i", &j, "--yes"]));
     eprintln!("boot test done in {:?}", started.elapsed());
 }

@@ -3,6 +3,9 @@
 #
 #   OUTDIR/vmlinuz        the distribution kernel (linux-image-amd64's current version)
 #   OUTDIR/busybox        busybox-static
+#                         (the initramfs also holds dropbear, the SSH server, with the
+#                         shared libraries it needs, so `cell` can reach the VMs as it
+#                         reaches the real ones: SSH to the firewall, through it to the agent)
 #   OUTDIR/base.cpio.gz   an initramfs: busybox, the virtio network modules, and an /init
 #                         that mounts the basics, loads the modules, runs /test/init.sh
 #                         (console output on ttyS0) and powers off when it returns
@@ -24,9 +27,10 @@ if [ -z "$kpkg" ]; then
 fi
 kver=$(apt-cache policy "$kpkg" | awk '/Candidate:/ {print $2}')
 bver=$(apt-cache policy busybox-static | awk '/Candidate:/ {print $2}')
-stamp="$kpkg $kver busybox-static $bver $(sha256sum "$0" | cut -c1-16)"
+dver=$(apt-cache policy dropbear-bin | awk '/Candidate:/ {print $2}')
+stamp="$kpkg $kver busybox-static $bver dropbear-bin $dver $(sha256sum "$0" | cut -c1-16)"
 if [ -f "$out/stamp" ] && [ "$(cat "$out/stamp")" = "$stamp" ]; then
-  say "cached ($kpkg $kver, busybox $bver)"
+  say "cached ($kpkg $kver, busybox $bver, dropbear $dver)"
   exit 0
 fi
 
@@ -36,17 +40,19 @@ tmp=$(mktemp -d "$parent/.tinyvm-build.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 cd "$tmp"
 
-say "downloading $kpkg ($kver) and busybox-static ($bver)"
+say "downloading $kpkg ($kver), busybox-static ($bver) and dropbear-bin ($dver)"
 mkdir debs
 # As root apt drops to _apt for downloads, which cannot write into our directory.
-if ! (cd debs && apt-get download -q -o APT::Sandbox::User=root "$kpkg" busybox-static >/dev/null 2>&1); then
+if ! (cd debs && apt-get download -q -o APT::Sandbox::User=root "$kpkg" busybox-static \
+  dropbear-bin libtomcrypt1 libtommath1 >/dev/null 2>&1); then
   say "apt-get download failed: is the Debian package index reachable? run apt-get update and try again"
   exit 1
 fi
 say "extracting"
-mkdir kernel bb
+mkdir kernel bb db
 dpkg-deb -x debs/"$kpkg"_*.deb kernel
 dpkg-deb -x debs/busybox-static_*.deb bb
+for d in debs/dropbear-bin_*.deb debs/libtomcrypt1_*.deb debs/libtommath1_*.deb; do dpkg-deb -x "$d" db; done
 busybox=$PWD/bb/bin/busybox
 modroot=$(echo kernel/lib/modules/*)
 kname=${modroot##*/}
@@ -82,14 +88,39 @@ for m in "${order[@]}"; do
   esac
 done
 printf '%s\n' "${order[@]}" > root/lib/modules/order
+
+# dropbear and the libraries it links (from its packages, the rest from this
+# Debian system's own packages), at the paths the dynamic loader looks in.
+mkdir -p root/usr/sbin root/etc/dropbear
+cp db/usr/sbin/dropbear root/usr/sbin/dropbear
+libs=$(LD_LIBRARY_PATH="$PWD/db/usr/lib/x86_64-linux-gnu" ldd db/usr/sbin/dropbear | awk '/=> \// {print $3} /^\t\/lib64/ {print $1}')
+for lib in $libs; do
+  case "$lib" in
+    /lib64/*) mkdir -p root/lib64 && cp -L "$lib" root/lib64/ ;;
+    *) mkdir -p root/lib/x86_64-linux-gnu && cp -L "$lib" root/lib/x86_64-linux-gnu/ ;;
+  esac
+done
+if ! [ -e root/lib64/ld-linux-x86-64.so.2 ]; then
+  say "dropbear's dynamic loader did not make it into the initramfs"; exit 1
+fi
+cat > root/etc/passwd <<'PASSWD'
+root:x:0:0:root:/root:/bin/sh
+agent:x:1000:1000:agent:/home/agent:/bin/sh
+PASSWD
+cat > root/etc/group <<'GROUP'
+root:x:0:
+agent:x:1000:
+GROUP
+echo /bin/sh > root/etc/shells
 cat > root/init <<'INIT'
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
-export PATH=/bin
+export PATH=/bin:/usr/sbin:/usr/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /tmp
+mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
 while read -r m; do insmod "/lib/modules/$m.ko" || echo "cell-tinyvm: insmod $m failed"; done < /lib/modules/order
 ip link set lo up
 echo "cell-tinyvm: ready"
