@@ -172,6 +172,9 @@ ip link set "$LINK" up
 ip addr add 10.89.0.2/24 dev "$LINK"
 ip route add default via 10.89.0.1
 start_ssh agent /home/agent 1000 10.89.0.2
+# Where the NixOS agent's cell-agent-key unit keeps the user's git key.
+mkdir -p /var/lib/cell-agent
+echo "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ7cellTinyVmTestKeyOnly agent@cell" > /var/lib/cell-agent/id_ed25519.pub
 got=""
 for try in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
   got=$(nc -w 3 10.89.0.1 7000 </dev/null 2>/dev/null)
@@ -409,6 +412,16 @@ fn two_tiny_vms_wired_by_the_qemu_backend() {
         allowed.contains("+ https pypi.org methods GET") && allowed.contains("in force"),
         "{allowed}"
     );
+    eprintln!("cell allow said: {}", allowed.trim().replace('\n', " / "));
+    // "In force in under a second": the whole round trip, SSH handshake and
+    // all, to a TCG-emulated firewall.
+    let ms: u64 = allowed
+        .split("in force (")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("cell allow reports how long it took");
+    assert!(ms < 1000, "cell allow took {ms} ms");
     let fw_console = wait_for(
         &dir.join("firewall.console"),
         "FW-OVERLAY",
@@ -427,6 +440,11 @@ fn two_tiny_vms_wired_by_the_qemu_backend() {
     assert!(policy.contains("nix      policy:https[0]"), "{policy}");
     let denied = ok(&cell(&state, &["deny", "-i", i, "api.anthropic.com"]));
     assert!(denied.contains("+ deny api.anthropic.com"), "{denied}");
+    let pubkey = ok(&cell(&state, &["pubkey", "-i", i]));
+    assert!(
+        pubkey.starts_with("ssh-ed25519 ") && pubkey.contains("agent@cell"),
+        "{pubkey}"
+    );
     let blocked = ok(&cell(&state, &["blocked", "-i", i]));
     assert!(
         blocked.contains("dns evil.example") && blocked.contains("cell allow https evil.example"),
