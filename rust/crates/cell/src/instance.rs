@@ -287,25 +287,24 @@ pub fn wait_for(
     }
 }
 
-/// SSH to the firewall answers.
-pub fn firewall_ready(ssh: &Ssh) -> bool {
-    crate::signals::unblocked(&mut ssh.firewall("true"))
+/// Does `cmd` (an SSH probe) succeed, quietly?
+fn answers(mut cmd: std::process::Command) -> bool {
+    crate::signals::unblocked(&mut cmd)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+        .is_ok_and(|s| s.success())
 }
 
+/// SSH to the firewall answers.
+pub fn firewall_ready(ssh: &Ssh) -> bool {
+    answers(ssh.firewall("true"))
+}
+
+/// SSH to the agent, through the firewall, answers.
 pub fn agent_ready(ssh: &Ssh) -> bool {
-    crate::signals::unblocked(&mut ssh.agent(false, Some("true")))
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+    answers(ssh.agent(false, Some("true")))
 }
 
 /// `cell status` text.

@@ -19,21 +19,14 @@
 //! Needs qemu-system-x86_64 and apt (CI installs them); elsewhere it skips
 //! and says why.
 
+mod common;
+use common::cell;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-fn cell(state: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cell"))
-        .args(args)
-        .env("CELL_STATE_DIR", state)
-        .env_remove("CELL_INSTANCE")
-        .output()
-        .unwrap()
-}
 
 fn ok(o: &Output) -> String {
     let text = format!(
@@ -454,19 +447,17 @@ fn two_tiny_vms_wired_by_the_qemu_backend() {
     // status sees both; starting again leaves them alone.
     let status = ok(&cell(&state, &["status", "-i", i]));
     assert_eq!(status.matches("running (pid").count(), 2, "{status}");
-    let again = ok(&cell(
-        &state,
-        &[
-            "start",
-            "-i",
-            i,
-            "--specs",
-            specs_arg,
-            "--accel",
-            "tcg",
-            "--no-wait",
-        ],
-    ));
+    let restart = [
+        "start",
+        "-i",
+        i,
+        "--specs",
+        specs_arg,
+        "--accel",
+        "tcg",
+        "--no-wait",
+    ];
+    let again = ok(&cell(&state, &restart));
     assert!(again.contains("is running"), "{again}");
     assert_eq!(qemu_processes(i).len(), 2);
 
@@ -496,19 +487,7 @@ fn two_tiny_vms_wired_by_the_qemu_backend() {
         doctor_text.contains(&format!("instance `{i}`: the firewall")),
         "{doctor_text}"
     );
-    let repaired = ok(&cell(
-        &state,
-        &[
-            "start",
-            "-i",
-            i,
-            "--specs",
-            specs_arg,
-            "--accel",
-            "tcg",
-            "--no-wait",
-        ],
-    ));
+    let repaired = ok(&cell(&state, &restart));
     assert!(repaired.contains("stopped unexpectedly"), "{repaired}");
     assert!(
         dir.join("firewall.console.old").exists(),

@@ -5,8 +5,10 @@
 //! as root, elsewhere the test says SKIPPED). The mount is removed even when
 //! the test fails.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+use common::cell;
+use std::path::PathBuf;
+use std::process::Command;
 
 struct Mount(PathBuf);
 
@@ -14,15 +16,6 @@ impl Drop for Mount {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
-}
-
-fn cell(state: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cell"))
-        .args(args)
-        .env("CELL_STATE_DIR", state)
-        .env_remove("CELL_INSTANCE")
-        .output()
-        .unwrap()
 }
 
 #[test]
