@@ -1,8 +1,13 @@
 # The cell binaries. One derivation compiles the whole Cargo workspace (shared
 # dependencies are built once); the per-binary packages are thin views of it.
 { lib
+, stdenv
 , rustPlatform
 , runCommand
+, makeWrapper
+, openssh
+, qemu_kvm
+, vfkit
 ,
 }:
 let
@@ -51,10 +56,24 @@ let
         mkdir -p $out/bin
         ln -s ${cell-workspace}/bin/${name} $out/bin/${name}
       '';
+  # `cell` runs ssh and ssh-keygen, and the hypervisor of its platform: the
+  # package brings them (nix itself is the one the user runs it with).
+  cellTools = [ openssh ] ++ (if stdenv.hostPlatform.isDarwin then [ vfkit ] else [ qemu_kvm ]);
 in
 {
   inherit cell-workspace;
-  cell = binary "cell";
+  cell =
+    runCommand "cell"
+      {
+        nativeBuildInputs = [ makeWrapper ];
+        meta = cell-workspace.meta // {
+          mainProgram = "cell";
+        };
+      }
+      ''
+        makeWrapper ${cell-workspace}/bin/cell $out/bin/cell \
+          --suffix PATH : ${lib.makeBinPath cellTools}
+      '';
   cell-proxy = binary "cell-proxy";
   cell-lab = binary "cell-lab";
 }
