@@ -145,6 +145,8 @@ INSTALL
 chmod 755 /usr/bin/cell-overlay-install
 # An event line in cell-proxy's format, for `cell blocked` to fetch.
 echo '{"event":"dns","client":"10.89.0.2:41000","name":"evil.example","type":"A","decision":"deny","rcode":"NXDomain","reason":"no-rule","time":"2026-11-24T10:00:01.000Z"}' > /var/log/cell-proxy/events.jsonl
+# …and a denial every second from now on, for `cell blocked --follow`.
+( while true; do sleep 1; echo '{"event":"conn","client":"10.89.0.2:40000","host":"db.example","port":5432,"kind":"tcp","decision":"deny","reason":"no-rule","time":"2026-11-24T10:00:02.000Z"}' >> /var/log/cell-proxy/events.jsonl; done ) &
 # The private link service the agent must reach.
 ( while true; do echo hello-from-firewall | nc -l -p 7000; done ) &
 # Positive control: the host's listener is reachable from the uplink.
@@ -443,6 +445,46 @@ fn two_tiny_vms_wired_by_the_qemu_backend() {
         blocked.contains("dns evil.example") && blocked.contains("cell allow https evil.example"),
         "{blocked}"
     );
+
+    assert!(
+        blocked.contains("tcp db.example:5432") && blocked.contains("(×"),
+        "repeats fold: {blocked}"
+    );
+    // --follow prints new denials as they come, until interrupted.
+    {
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
+        let mut follow = Command::new(env!("CARGO_BIN_EXE_cell"))
+            .args(["blocked", "-i", i, "--follow", "-n", "0"])
+            .env("CELL_STATE_DIR", &state)
+            .stdout(std::process::Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = follow.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("cell blocked --follow printed no new denial");
+        assert!(line.contains("tcp db.example:5432"), "{line}");
+        // Ctrl-C reaches the whole group, as from a terminal.
+        nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(follow.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .unwrap();
+        let _ = follow.wait();
+    }
 
     // status sees both; starting again leaves them alone.
     let status = ok(&cell(&state, &["status", "-i", i]));
