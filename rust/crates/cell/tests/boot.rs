@@ -331,6 +331,16 @@ fn two_tiny_vms_wired_by_the_qemu_backend() {
     );
     eprintln!("both VMs ran their checks {:?} after start", boot.elapsed());
 
+    // Sockets and keys live in a directory only the user can enter.
+    {
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+        assert_eq!(
+            std::fs::metadata(dir.join("id_ed25519")).unwrap().mode() & 0o077,
+            0
+        );
+    }
+
     // The private link works, and it is the agent's only NIC.
     assert!(
         agent_console.contains("AGENT-REACHED-FIREWALL"),
