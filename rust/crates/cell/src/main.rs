@@ -508,10 +508,29 @@ fn up(name: &str, args: &UpArgs, then: Then) -> anyhow::Result<u8> {
     } else if meta.flake.is_empty() {
         meta.flake = flake_ref(&default_flake());
     }
+    let home = std::env::var_os("HOME").map(PathBuf::from);
     if let Some(w) = &args.workspace {
-        meta.workspace = Some(fs_canon(w)?);
+        let w = fs_canon(w)?;
+        if let Some(why) = unsafe_workspace(&w, home.as_deref()) {
+            bail!(
+                "--workspace {}: {why}; share a project directory instead",
+                w.display()
+            );
+        }
+        meta.workspace = Some(w);
     } else if meta.workspace.is_none() {
-        meta.workspace = std::env::current_dir().ok();
+        let cwd = std::env::current_dir().ok();
+        meta.workspace = match cwd {
+            Some(c) if unsafe_workspace(&c, home.as_deref()).is_none() => Some(c),
+            Some(c) => {
+                eprintln!(
+                    "cell: not sharing {} as the workspace (it holds your home directory); run cell from a project directory or pass --workspace DIR",
+                    c.display()
+                );
+                None
+            }
+            None => None,
+        };
     }
     let spec_dir = match &args.specs {
         Some(d) => d.clone(),
@@ -598,6 +617,18 @@ fn up(name: &str, args: &UpArgs, then: Then) -> anyhow::Result<u8> {
             Err(shell.exec().into())
         }
         _ => Ok(0),
+    }
+}
+
+/// Why `dir` must not become the agent's workspace: the agent would see
+/// (and could change) the user's whole home, keys and all.
+fn unsafe_workspace(dir: &Path, home: Option<&Path>) -> Option<&'static str> {
+    if dir == Path::new("/") {
+        return Some("that is the whole filesystem");
+    }
+    match home {
+        Some(h) if h.starts_with(dir) => Some("that is (or holds) your home directory"),
+        _ => None,
     }
 }
 
@@ -910,6 +941,17 @@ mod tests {
         assert!(p(&["completions", "zsh"]).is_ok());
         assert!(p(&["start", "--specs", "/tmp/x", "--no-wait", "--accel", "tcg"]).is_ok());
         assert!(p(&["destroy", "--yes"]).is_ok());
+    }
+
+    #[test]
+    fn home_and_root_are_never_shared_as_the_workspace() {
+        let home = Some(Path::new("/home/u"));
+        assert!(unsafe_workspace(Path::new("/"), home).is_some());
+        assert!(unsafe_workspace(Path::new("/home/u"), home).is_some());
+        assert!(unsafe_workspace(Path::new("/home"), home).is_some());
+        assert!(unsafe_workspace(Path::new("/home/u/src/app"), home).is_none());
+        assert!(unsafe_workspace(Path::new("/home/u2"), home).is_none());
+        assert!(unsafe_workspace(Path::new("/srv/app"), None).is_none());
     }
 
     #[test]
