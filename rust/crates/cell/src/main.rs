@@ -471,6 +471,12 @@ fn default_flake() -> String {
 }
 
 fn load_specs(dir: &Path) -> anyhow::Result<(VmSpec, VmSpec)> {
+    if !dir.join("firewall.json").is_file() || !dir.join("agent.json").is_file() {
+        bail!(
+            "{} holds no firewall.json and agent.json: it is not a cell's VM set (`cellConfigurations.<system>` must come from cell.lib.mkCell; its `vms` output is what cell boots)",
+            dir.display()
+        );
+    }
     let fw = VmSpec::load(&dir.join("firewall.json"))?;
     let ag = VmSpec::load(&dir.join("agent.json"))?;
     if fw.role != spec::Role::Firewall || ag.role != spec::Role::Agent {

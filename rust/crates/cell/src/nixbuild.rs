@@ -156,7 +156,8 @@ fn build_with(nix: &str, installable: &str, extra: &[String]) -> anyhow::Result<
         "nix-command flakes",
         "build",
         "--no-link",
-        "--print-out-paths",
+        // `--json` rather than `--print-out-paths` (Nix 2.9+): older Nix too.
+        "--json",
         "--log-format",
         "internal-json",
         "-v",
@@ -215,11 +216,24 @@ fn build_with(nix: &str, installable: &str, extra: &[String]) -> anyhow::Result<
         );
     }
     eprintln!("cell: built in {}s", started.elapsed().as_secs());
-    Ok(out
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(PathBuf::from)
-        .collect())
+    output_paths(&out)
+}
+
+/// The `out` paths from `nix build --json`.
+fn output_paths(json: &str) -> anyhow::Result<Vec<PathBuf>> {
+    let v: Value = serde_json::from_str(json.trim()).with_context(|| {
+        format!("nix build printed something other than its JSON result: {json:.200}")
+    })?;
+    let paths: Vec<PathBuf> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b.get("outputs")?.get("out")?.as_str().map(PathBuf::from))
+        .collect();
+    if paths.is_empty() {
+        bail!("nix build reported no `out` path: {json:.200}");
+    }
+    Ok(paths)
 }
 
 #[cfg(test)]
@@ -260,6 +274,17 @@ mod tests {
             p.errors,
             vec!["error: builder for '/nix/store/x.drv' failed"]
         );
+    }
+
+    #[test]
+    fn output_paths_come_from_the_json_result() {
+        let json = r#"[{"drvPath":"/nix/store/a-cell-vms.drv","outputs":{"out":"/nix/store/b-cell-vms"}}]"#;
+        assert_eq!(
+            output_paths(json).unwrap(),
+            vec![PathBuf::from("/nix/store/b-cell-vms")]
+        );
+        assert!(output_paths("[]").is_err());
+        assert!(output_paths("warning: x").is_err());
     }
 
     #[test]

@@ -616,5 +616,92 @@ fn two_tiny_vms_wired_by_the_qemu_backend() {
         assert!(!jdir.join(f).exists(), "{f} left behind by Ctrl-C");
     }
     ok(&cell(&state, &["destroy", "-i", &j, "--yes"]));
+
+    // A cell built by Nix: `cell start --flake DIR` runs `nix build`, shows its
+    // progress, takes the specs from the output and boots them.
+    let nix_ok = nix::unistd::Uid::effective().is_root()
+        && Command::new("nix")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if !nix_ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI has nix (nix-bin) and root"
+        );
+        eprintln!("SKIPPED (nix phase): needs nix and a writable store (root)");
+    } else {
+        let flake = work.path().join("flake");
+        std::fs::create_dir_all(&flake).unwrap();
+        let file = |name: &str| std::fs::read_to_string(specs.join(name)).unwrap();
+        std::fs::write(
+            flake.join("flake.nix"),
+            format!(
+                r#"{{
+  outputs = {{ self }}: {{
+    cellConfigurations.x86_64-linux.vms = derivation {{
+      name = "cell-vms";
+      system = "x86_64-linux";
+      builder = "/bin/sh";
+      args = [ "-c" ''
+        echo writing the specs
+        /bin/mkdir $out
+        printf '%s' '{fw}' > $out/firewall.json
+        printf '%s' '{ag}' > $out/agent.json
+        printf '%s' '{policy}' > $out/policy.json
+      '' ];
+    }};
+  }};
+}}
+"#,
+                fw = file("firewall.json"),
+                ag = file("agent.json"),
+                policy = file("policy.json"),
+            ),
+        )
+        .unwrap();
+        let k = format!("{i}-nix");
+        let out = Command::new(env!("CARGO_BIN_EXE_cell"))
+            .args([
+                "start",
+                "-i",
+                &k,
+                "--flake",
+                flake.to_str().unwrap(),
+                "--accel",
+                "tcg",
+            ])
+            .env("CELL_STATE_DIR", &state)
+            .env("NIX_CONFIG", "substituters =")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        assert!(
+            text.contains("cell: building ") && text.contains("cell: built in"),
+            "{text}"
+        );
+        assert!(
+            text.contains("1/1 built") || text.contains("0/1 built"),
+            "progress is shown: {text}"
+        );
+        assert!(text.contains("the agent VM: ready"), "{text}");
+        let status = ok(&cell(&state, &["status", "-i", &k]));
+        assert!(
+            status.contains("cellConfigurations.x86_64-linux.vms"),
+            "{status}"
+        );
+        let spec = serde_json::from_str::<serde_json::Value>(
+            &std::fs::read_to_string(state.join("instances").join(&k).join("instance.json"))
+                .unwrap(),
+        )
+        .unwrap()["firewallSpec"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(spec.starts_with("/nix/store/"), "{spec}");
+        ok(&cell(&state, &["destroy", "-i", &k, "--yes"]));
+        assert!(qemu_processes(&k).is_empty());
+    }
     eprintln!("boot test done in {:?}", started.elapsed());
 }
