@@ -210,6 +210,9 @@ configuration (`cell.policy`) and run `cell provision`.")]
         yes: bool,
     },
     /// Rebuild after editing the Nix configuration and restart the VMs with it.
+    #[command(
+        after_help = "Builds first: if the build fails, the running cell keeps running as it was.\nThe overlay (`cell allow`) is kept and put back in force after the restart."
+    )]
     Provision {
         #[command(flatten)]
         up: UpArgs,
@@ -268,21 +271,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             &args,
             if no_wait { Then::NoWait } else { Then::Return },
         ),
-        Some(Command::Provision { up: args }) => {
-            let l = layout(&name)?;
-            if l.exists() {
-                let _lock = l.lock()?;
-                let meta = Meta::load(&l)?;
-                for line in instance::stop_all(
-                    &l,
-                    instance::backend(&meta)?.as_ref(),
-                    Duration::from_secs(20),
-                )? {
-                    eprintln!("cell: {line}");
-                }
-            }
-            up(&name, &args, Then::Return)
-        }
+        Some(Command::Provision { up: args }) => up(&name, &args, Then::Reprovision),
         Some(Command::Shell) => {
             let (l, meta) = existing(&name)?;
             Err(ssh_for(&l, &meta)?.agent(true, None).exec().into())
@@ -458,6 +447,8 @@ enum Then {
     Shell,
     Return,
     NoWait,
+    /// Build even when running; only if the build succeeds, restart on it.
+    Reprovision,
 }
 
 fn default_flake() -> String {
@@ -546,7 +537,7 @@ fn up(name: &str, args: &UpArgs, then: Then) -> anyhow::Result<u8> {
                     .iter()
                     .all(|(_, r)| matches!(r, supervise::Recorded::Running(_)))
                 && !instance::running(&l).is_empty();
-            if already {
+            if already && !matches!(then, Then::Reprovision) {
                 PathBuf::from(&meta.firewall_spec)
                     .parent()
                     .map(Path::to_path_buf)
@@ -562,6 +553,17 @@ fn up(name: &str, args: &UpArgs, then: Then) -> anyhow::Result<u8> {
         }
     };
     let (fw, ag) = load_specs(&spec_dir)?;
+    if matches!(then, Then::Reprovision) && !instance::running(&l).is_empty() {
+        // The new images built and load: now the old VMs make way.
+        eprintln!("cell: restarting `{name}` on the new build");
+        for line in instance::stop_all(
+            &l,
+            instance::backend(&meta)?.as_ref(),
+            Duration::from_secs(20),
+        )? {
+            eprintln!("cell: {line}");
+        }
+    }
     meta.firewall_spec = spec_dir.join("firewall.json").to_string_lossy().into();
     meta.agent_spec = spec_dir.join("agent.json").to_string_lossy().into();
     meta.save(&l)?;

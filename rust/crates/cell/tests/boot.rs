@@ -691,6 +691,43 @@ fn two_tiny_vms_wired_by_the_qemu_backend() {
             status.contains("cellConfigurations.x86_64-linux.vms"),
             "{status}"
         );
+        let provision = |flake_text: &str| {
+            std::fs::write(flake.join("flake.nix"), flake_text).unwrap();
+            Command::new(env!("CARGO_BIN_EXE_cell"))
+                .args(["provision", "-i", &k, "--accel", "tcg"])
+                .env("CELL_STATE_DIR", &state)
+                .env("NIX_CONFIG", "substituters =")
+                .output()
+                .unwrap()
+        };
+        let good = std::fs::read_to_string(flake.join("flake.nix")).unwrap();
+        let pids = |k: &str| {
+            let mut p = qemu_processes(k);
+            p.sort();
+            p
+        };
+        // A broken edit: the build fails and the running cell is left alone.
+        let before = pids(&k);
+        let out = provision("{ outputs = { self }: { cellConfigurations = ; }; }");
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{text}");
+        assert!(text.contains("building the VMs from"), "{text}");
+        assert_eq!(
+            pids(&k),
+            before,
+            "a failed provision touched the running VMs"
+        );
+        // A good edit (the baseline now allows pypi.org): rebuilt, restarted on it.
+        let out = provision(&good.replace("api.anthropic.com", "pypi.org"));
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        assert!(
+            text.contains("restarting") && text.contains("the agent VM: ready"),
+            "{text}"
+        );
+        assert_ne!(pids(&k), before, "provision restarted the VMs");
+        let policy = ok(&cell(&state, &["policy", "-i", &k]));
+        assert!(policy.contains("https  pypi.org:443"), "{policy}");
         let spec = serde_json::from_str::<serde_json::Value>(
             &std::fs::read_to_string(state.join("instances").join(&k).join("instance.json"))
                 .unwrap(),
