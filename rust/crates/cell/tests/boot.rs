@@ -28,12 +28,16 @@ use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-fn ok(o: &Output) -> String {
-    let text = format!(
+fn text_of(o: &Output) -> String {
+    format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
-    );
+    )
+}
+
+fn ok(o: &Output) -> String {
+    let text = text_of(o);
     assert!(o.status.success(), "cell failed: {text}");
     text
 }
@@ -407,6 +411,33 @@ fn two_tiny_vms_wired_by_the_qemu_backend() {
         quoted.contains("a b|it's|"),
         "arguments arrive as given: {quoted}"
     );
+
+    // `cell` itself, while the cell runs: no boot, another shell in the agent
+    // (here fed from a pipe instead of a terminal).
+    {
+        use std::io::Write as _;
+        let mut shell = Command::new(env!("CARGO_BIN_EXE_cell"))
+            .args(["-i", i, "--specs", specs_arg, "--accel", "tcg"])
+            .env("CELL_STATE_DIR", &state)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        shell
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(
+                b"echo shell-as-$(id -un)-on-$(ip -o -4 addr show | grep -o '10.89.0.2')\nexit\n",
+            )
+            .unwrap();
+        let out = shell.wait_with_output().unwrap();
+        let said = text_of(&out);
+        assert!(said.contains("is running"), "no second boot: {said}");
+        assert!(said.contains("shell-as-agent-on-10.89.0.2"), "{said}");
+        assert_eq!(qemu_processes(i).len(), 2);
+    }
 
     // The live overlay: validated here, sent to the firewall over SSH.
     let allowed = ok(&cell(
