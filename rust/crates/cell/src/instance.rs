@@ -88,6 +88,7 @@ pub fn stop_all(
     for s in backend.sockets(&layout.dir) {
         let _ = fs::remove_file(s);
     }
+    let _ = fs::remove_file(layout.path("accel"));
     Ok(said)
 }
 
@@ -236,6 +237,8 @@ pub fn boot(
         }
         return Err(e);
     }
+    // What `cell status` shows as the accelerator of the running VMs.
+    let _ = fs::write(layout.path("accel"), plan.accel.as_str());
     Ok(Booted::Started)
 }
 
@@ -335,6 +338,14 @@ pub fn status(layout: &Layout, meta: &Meta) -> String {
             ),
         };
         out.push_str(&format!("  {role:<8} {state}\n"));
+    }
+    if let Ok(accel) = fs::read_to_string(layout.path("accel")) {
+        let note = if accel == "tcg" {
+            " (emulated: slow; `cell doctor` says why)"
+        } else {
+            ""
+        };
+        out.push_str(&format!("  accel    {accel}{note}\n"));
     }
     if meta.backend == "qemu" {
         out.push_str(&format!(

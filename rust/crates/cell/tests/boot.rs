@@ -530,6 +530,7 @@ fn two_tiny_vms_wired_by_the_qemu_backend() {
     // status sees both; starting again leaves them alone.
     let status = ok(&cell(&state, &["status", "-i", i]));
     assert_eq!(status.matches("running (pid").count(), 2, "{status}");
+    assert!(status.contains("accel    tcg (emulated"), "{status}");
     let restart = [
         "start",
         "-i",
