@@ -49,6 +49,20 @@ fn bind(path: &Path) -> anyhow::Result<UnixDatagram> {
     }
     let s = UnixDatagram::bind(path).with_context(|| format!("binding {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    // macOS caps unix datagrams at 2 KiB by default: without bigger buffers a
+    // burst of full-size frames is dropped (vfkit's own tooling does the same).
+    use nix::sys::socket::{setsockopt, sockopt};
+    for (what, r) in [
+        ("send", setsockopt(&s, sockopt::SndBuf, &(1 << 20))),
+        ("receive", setsockopt(&s, sockopt::RcvBuf, &(4 << 20))),
+    ] {
+        if let Err(e) = r {
+            eprintln!(
+                "cell relay: could not enlarge the {what} buffer of {}: {e}",
+                path.display()
+            );
+        }
+    }
     s.set_read_timeout(Some(Duration::from_millis(200)))?;
     Ok(s)
 }
