@@ -105,97 +105,11 @@ fn have_qemu() -> bool {
 /// Installs the host CLI's key from the kernel command line (`cell.ssh_key=`,
 /// base64url), as the NixOS images' cell-boot-key unit does, and starts
 /// dropbear. $1: user, $2: home, $3: uid, $4: listen address.
-const SSH_SETUP: &str = r#"
-start_ssh() {
-  k=$(sed -n 's/.*cell.ssh_key=\([A-Za-z0-9_-]*\).*/\1/p' /proc/cmdline | tr '_-' '/+')
-  while [ $(( ${#k} % 4 )) -ne 0 ]; do k="$k="; done
-  mkdir -p "$2/.ssh"
-  printf '%s' "$k" | base64 -d > "$2/.ssh/authorized_keys"
-  echo >> "$2/.ssh/authorized_keys"
-  chmod 755 "$2"; chmod 700 "$2/.ssh"; chmod 600 "$2/.ssh/authorized_keys"
-  chown -R "$3:$3" "$2"
-  dropbear -R -E -p "$4:22" 2>/dev/console
-}
-"#;
+const SSH_SETUP: &str = include_str!("tinyvm/ssh-setup.sh");
 
-const FIREWALL_SCRIPT: &str = r#"
-set -u
-HOSTPORT=$(sed -n 's/.*cell.test_hostport=\([0-9]*\).*/\1/p' /proc/cmdline)
-for i in /sys/class/net/*; do
-  n=${i##*/}
-  case "$(cat $i/address)" in
-    02:ce:11:00:00:01) LINK=$n ;;
-    02:ce:11:00:01:01) UP=$n ;;
-  esac
-done
-ip link set "$LINK" up
-ip addr add 10.89.0.1/24 dev "$LINK"
-ip link set "$UP" up
-ip addr add 10.0.2.15/24 dev "$UP"
-ip route add default via 10.0.2.2
-# No forwarding: the firewall answers the agent itself, routes nothing.
-echo 0 > /proc/sys/net/ipv4/ip_forward
-# The control path: the host's forwarded loopback port lands on sshd.
-start_ssh root /root 0 10.0.2.15
-# What `cell allow` runs over SSH (the real image runs cell-proxy
-# --install-overlay, tested on its own): show what arrived.
-mkdir -p /usr/bin /var/lib/cell-proxy /var/log/cell-proxy
-cat > /usr/bin/cell-overlay-install <<'INSTALL'
-#!/bin/sh
-cat > /var/lib/cell-proxy/overlay.json
-echo "FW-OVERLAY $(cat /var/lib/cell-proxy/overlay.json)" > /dev/console
-echo '{"ok":true,"event":{"decision":"applied"}}'
-INSTALL
-chmod 755 /usr/bin/cell-overlay-install
-# An event line in cell-proxy's format, for `cell blocked` to fetch.
-echo '{"event":"dns","client":"10.89.0.2:41000","name":"evil.example","type":"A","decision":"deny","rcode":"NXDomain","reason":"no-rule","time":"2026-11-24T10:00:01.000Z"}' > /var/log/cell-proxy/events.jsonl
-# …and a denial every second from now on, for `cell blocked --follow`.
-( while true; do sleep 1; echo '{"event":"conn","client":"10.89.0.2:40000","host":"db.example","port":5432,"kind":"tcp","decision":"deny","reason":"no-rule","time":"2026-11-24T10:00:02.000Z"}' >> /var/log/cell-proxy/events.jsonl; done ) &
-# The private link service the agent must reach.
-( while true; do echo hello-from-firewall | nc -l -p 7000; done ) &
-# Positive control: the host's listener is reachable from the uplink.
-sleep 1
-if echo fw-was-here | nc -w 5 10.0.2.2 "$HOSTPORT"; then echo FW-REACHED-HOST; else echo FW-HOST-FAILED; fi
-echo FW-UP
-while true; do sleep 60; done
-"#;
+const FIREWALL_SCRIPT: &str = include_str!("tinyvm/firewall.sh");
 
-const AGENT_SCRIPT: &str = r#"
-set -u
-HOSTPORT=$(sed -n 's/.*cell.test_hostport=\([0-9]*\).*/\1/p' /proc/cmdline)
-echo "AGENT-NICS $(ls /sys/class/net | tr '\n' ' ')"
-for i in /sys/class/net/*; do
-  [ "$(cat $i/address)" = 02:ce:11:00:00:02 ] && LINK=${i##*/}
-done
-ip link set "$LINK" up
-ip addr add 10.89.0.2/24 dev "$LINK"
-ip route add default via 10.89.0.1
-start_ssh agent /home/agent 1000 10.89.0.2
-# Where the NixOS agent's cell-agent-key unit keeps the user's git key.
-mkdir -p /var/lib/cell-agent
-echo "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ7cellTinyVmTestKeyOnly agent@cell" > /var/lib/cell-agent/id_ed25519.pub
-got=""
-for try in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
-  got=$(nc -w 3 10.89.0.1 7000 </dev/null 2>/dev/null)
-  [ "$got" = hello-from-firewall ] && break
-  sleep 1
-done
-if [ "$got" = hello-from-firewall ]; then echo AGENT-REACHED-FIREWALL; else echo AGENT-NO-FIREWALL; fi
-# Everything beyond the firewall VM must fail: the host through qemu's gateway
-# address, qemu's DNS, the wider world. (The firewall VM's own addresses are
-# the firewall's to guard: this busybox stand-in has no nftables; the real
-# image's ruleset admits only DNS and the proxy from the link, proven by the
-# lab tests.)
-for target in 10.0.2.2:$HOSTPORT 10.0.2.3:53 192.0.2.1:80; do
-  if echo agent-was-here | nc -w 3 ${target%:*} ${target#*:} >/dev/null 2>&1; then
-    echo "AGENT-ESCAPED $target"
-  else
-    echo "AGENT-BLOCKED $target"
-  fi
-done
-echo AGENT-DONE
-while true; do sleep 60; done
-"#;
+const AGENT_SCRIPT: &str = include_str!("tinyvm/agent.sh");
 
 fn write_spec(dir: &Path, role: &str, initrd: &Path, vmlinuz: &Path, hostport: u16) {
     let (link, uplink) = match role {
