@@ -113,8 +113,18 @@ pub fn parse(line: &str) -> Option<Denial> {
 }
 
 pub fn render(d: &Denial) -> String {
+    render_counted(d, 1)
+}
+
+/// One denial; `count` > 1 when it repeated (shown on its first line).
+pub fn render_counted(d: &Denial, count: usize) -> String {
     let time = d.time.get(11..19).unwrap_or(&d.time);
-    let mut out = format!("{time}  {}  — {}", d.what, d.reason);
+    let times = if count > 1 {
+        format!(" (×{count})")
+    } else {
+        String::new()
+    };
+    let mut out = format!("{time}  {}  — {}{times}", d.what, d.reason);
     match &d.fix {
         Some(fix) => out.push_str(&format!("\n          allow: {fix}")),
         None if d.reason.starts_with("denied by") => {
@@ -188,6 +198,11 @@ mod tests {
         assert_eq!(r[0].0.time, "2026-11-24T10:00:02.000Z");
         assert_eq!(recent(&log, 1)[0].0.what, "dns y.example");
         assert!(render(&r[1].0).starts_with("10:00:03  dns y.example"));
+        let folded = render_counted(&r[0].0, r[0].1);
+        assert!(
+            folded.lines().next().unwrap().ends_with("(×2)"),
+            "the count is on the first line: {folded}"
+        );
     }
 
     #[test]

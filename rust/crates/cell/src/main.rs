@@ -711,7 +711,9 @@ fn change_overlay(name: &str, change: Change) -> anyhow::Result<u8> {
         }
         Change::Edit => edit_overlay(&l, &base, &old)?,
     };
-    overlay::validate(&base, &new).context("the change was refused; the overlay is unchanged")?;
+    if let Err(e) = overlay::validate(&base, &new) {
+        bail!("the change was refused; the overlay is unchanged:\n{e}");
+    }
     let diff = overlay::diff(&old, &new);
     if diff.is_empty() {
         eprintln!("cell: nothing changed (the overlay already says that)");
@@ -832,13 +834,9 @@ fn blocked_cmd(name: &str, follow: bool, n: usize) -> anyhow::Result<u8> {
         println!("nothing was refused recently");
     }
     for (d, count) in recent {
-        let times = if count > 1 {
-            format!(" (×{count})")
-        } else {
-            String::new()
-        };
-        println!("{}{times}", blocked::render(&d));
+        println!("{}", blocked::render_counted(&d, count));
     }
+
     if follow {
         let mut child = ssh
             .firewall(&format!("tail -n 0 -F {LOG}"))
