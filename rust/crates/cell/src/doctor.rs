@@ -129,6 +129,174 @@ fn tool(name: &str, arg: &str) -> Option<String> {
     Some(text.lines().next().unwrap_or("").trim().to_string())
 }
 
+/// What decides whether this user's Nix can build the VMs: its effective
+/// configuration, who runs it, and what the store looks like.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NixFacts {
+    /// `build-users-group` (empty: builds run as the caller).
+    pub build_users_group: String,
+    /// `store` (`auto`, `daemon`, `local`, `unix://…`, …).
+    pub store: String,
+    /// Flakes are on in the configuration (`nix run`, `nix flake init` need it;
+    /// cell itself passes `--extra-experimental-features` to its own builds).
+    pub flakes: bool,
+    pub root: bool,
+    /// The Nix state directory (`/nix/var/nix`) is writable by this user, or
+    /// does not exist yet and root would create it: a local store works.
+    pub state_writable: bool,
+    /// A nix-daemon answers on its socket.
+    pub daemon: bool,
+    /// Members of `build_users_group` (None: no such group).
+    pub group_members: Option<usize>,
+}
+
+const DAEMON_SOCKET: &str = "/nix/var/nix/daemon-socket/socket";
+const STATE_DIR: &str = "/nix/var/nix";
+
+impl NixFacts {
+    /// Reads the effective configuration from `nix` itself (so NIX_CONFIG,
+    /// NIX_CONF_DIR and the user's nix.conf count exactly as they do for a build).
+    pub fn probe() -> Result<NixFacts, String> {
+        let show = |args: &[&str]| {
+            Command::new("nix")
+                .args(["--extra-experimental-features", "nix-command"])
+                .args(args)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+        };
+        // `nix config show` since Nix 2.20, `nix show-config` before.
+        let out = show(&["config", "show", "--json"])
+            .or_else(|| show(&["show-config", "--json"]))
+            .ok_or(
+                "`nix show-config --json` failed: run it to see why; is this Nix 2.4 or newer?",
+            )?;
+        let config: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| format!("`nix show-config --json` printed no JSON ({e})"))?;
+        let setting = |k: &str| config.get(k).and_then(|v| v.get("value")).cloned();
+        let build_users_group = setting("build-users-group")
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let store = setting("store")
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_else(|| "auto".into());
+        // The configuration's features are numbers in some Nix versions: ask
+        // the evaluator instead (`builtins.getFlake` exists only with flakes).
+        let flakes = show(&["eval", "--expr", "builtins ? getFlake"])
+            .is_some_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "true");
+        let root = nix::unistd::Uid::effective().is_root();
+        let state_writable = if Path::new(STATE_DIR).exists() {
+            nix::unistd::access(STATE_DIR, nix::unistd::AccessFlags::W_OK).is_ok()
+        } else {
+            root
+        };
+        let daemon = std::os::unix::net::UnixStream::connect(DAEMON_SOCKET).is_ok();
+        let group_members = (!build_users_group.is_empty())
+            .then(|| {
+                nix::unistd::Group::from_name(&build_users_group)
+                    .ok()
+                    .flatten()
+            })
+            .flatten()
+            .map(|g| g.mem.len());
+        Ok(NixFacts {
+            build_users_group,
+            store,
+            flakes,
+            root,
+            state_writable,
+            daemon,
+            group_members,
+        })
+    }
+
+    /// Does a build go through a nix-daemon (rather than this process)?
+    fn via_daemon(&self) -> bool {
+        match self.store.as_str() {
+            "daemon" => true,
+            s if s.starts_with("unix://") => true,
+            // Nix's `auto`: the local store if its state is writable, else the daemon.
+            "auto" => !self.state_writable && (self.daemon || !self.root),
+            _ => false,
+        }
+    }
+
+    /// The checks `cell doctor` prints: each problem that stops a build, with its fix.
+    fn checks(&self) -> Vec<Check> {
+        let mut checks = vec![Check {
+            ok: self.flakes,
+            what: "nix flakes enabled".into(),
+            fix: (!self.flakes).then(|| {
+                "`nix run` and `nix flake init` need flakes: add `experimental-features = nix-command flakes` to ~/.config/nix/nix.conf (or /etc/nix/nix.conf for everyone)".into()
+            }),
+        }];
+        if self.via_daemon() {
+            checks.push(Check {
+                ok: self.daemon,
+                what: format!(
+                    "nix builds through the nix-daemon ({DAEMON_SOCKET}): {}",
+                    if self.daemon { "answers" } else { "not running" }
+                ),
+                fix: (!self.daemon).then(|| {
+                    if self.root {
+                        "start it: `systemctl enable --now nix-daemon.socket`, or set `store = local` to build as root without it".to_string()
+                    } else {
+                        "as a user without write access to /nix, Nix builds through the daemon: start it (`sudo systemctl enable --now nix-daemon.socket`; on Debian/Ubuntu `sudo apt install nix-setup-systemd`), or run cell as root".to_string()
+                    }
+                }),
+            });
+        } else if self.root && !self.build_users_group.is_empty() {
+            let g = &self.build_users_group;
+            let create = format!(
+                "create it: `groupadd -r {g} && for i in $(seq 1 8); do useradd -r -M -N -g {g} -G {g} -d /var/empty -s /usr/sbin/nologin {g}$i; done` (on Debian/Ubuntu `apt install nix-setup-systemd` does this), or build as root: `build-users-group =` in /etc/nix/nix.conf"
+            );
+            let (ok, what, fix) = match self.group_members {
+                None => (
+                    false,
+                    format!("nix build users: the group `{g}` (build-users-group) does not exist"),
+                    Some(create),
+                ),
+                Some(0) => (
+                    false,
+                    format!("nix build users: the group `{g}` (build-users-group) has no members"),
+                    Some(create),
+                ),
+                Some(n) => (true, format!("nix build users: `{g}` ({n} users)"), None),
+            };
+            checks.push(Check { ok, what, fix });
+        } else if !self.root && !self.state_writable {
+            checks.push(Check {
+                ok: false,
+                what: format!(
+                    "nix store: {STATE_DIR} is not writable and the store is `{}`",
+                    self.store
+                ),
+                fix: Some(
+                    "use the nix-daemon (`store = daemon`), or own /nix for a single-user install"
+                        .into(),
+                ),
+            });
+        }
+        checks
+    }
+}
+
+/// The fixes for whatever stops this machine's Nix from building, as lines a
+/// failed build can append (empty when the configuration looks fine).
+pub fn nix_fixes() -> Vec<String> {
+    match NixFacts::probe() {
+        Ok(f) => f
+            .checks()
+            .into_iter()
+            // Flakes off does not stop cell's own builds (it enables them per call).
+            .filter(|c| !c.ok && !c.what.starts_with("nix flakes"))
+            .map(|c| format!("{}; fix: {}", c.what, c.fix.unwrap_or_default()))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
 /// Runs every check; returns the report and whether all passed.
 pub fn report(root: &Path) -> (String, bool) {
     let mut checks = Vec::new();
@@ -195,21 +363,14 @@ pub fn report(root: &Path) -> (String, bool) {
             .then(|| "install Nix (https://nixos.org/download): the VMs are built with it".into()),
     });
     if nix.is_some() {
-        let flakes = Command::new("nix")
-            .args([
-                "--extra-experimental-features",
-                "nix-command flakes",
-                "flake",
-                "--help",
-            ])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        checks.push(Check {
-            ok: flakes,
-            what: "nix flakes".into(),
-            fix: (!flakes).then(|| "this Nix has no flakes; install Nix 2.4 or newer".into()),
-        });
+        match NixFacts::probe() {
+            Ok(facts) => checks.extend(facts.checks()),
+            Err(why) => checks.push(Check {
+                ok: false,
+                what: "nix configuration".into(),
+                fix: Some(why),
+            }),
+        }
     }
     let free = free_bytes(root);
     checks.push(Check {
@@ -296,6 +457,107 @@ mod tests {
         );
         assert!(text.contains("stale socket link.sock"), "{text}");
         assert!(text.contains("fix: `cell stop --instance web`"), "{text}");
+    }
+
+    fn facts() -> NixFacts {
+        NixFacts {
+            build_users_group: "nixbld".into(),
+            store: "auto".into(),
+            flakes: true,
+            root: true,
+            state_writable: true,
+            daemon: false,
+            group_members: Some(8),
+        }
+    }
+
+    fn failing(f: &NixFacts) -> Vec<String> {
+        f.checks()
+            .into_iter()
+            .filter(|c| !c.ok)
+            .map(|c| format!("{} / {}", c.what, c.fix.unwrap_or_default()))
+            .collect()
+    }
+
+    /// The ways a Nix cannot build, each recognised with its fix; and the
+    /// set-ups that do build pass.
+    #[test]
+    fn nix_that_cannot_build_is_recognised_with_the_fix() {
+        assert_eq!(failing(&facts()), Vec::<String>::new());
+        // Root, local store, build users group missing: Debian's nix-bin alone.
+        let f = NixFacts {
+            group_members: None,
+            ..facts()
+        };
+        let e = failing(&f);
+        assert!(
+            e.len() == 1 && e[0].contains("the group `nixbld` (build-users-group) does not exist"),
+            "{e:?}"
+        );
+        assert!(
+            e[0].contains("groupadd -r nixbld") && e[0].contains("build-users-group ="),
+            "{e:?}"
+        );
+        let e = failing(&NixFacts {
+            group_members: Some(0),
+            ..facts()
+        });
+        assert!(e[0].contains("has no members"), "{e:?}");
+        // Building as root with no build users is fine.
+        assert!(
+            failing(&NixFacts {
+                build_users_group: String::new(),
+                group_members: None,
+                ..facts()
+            })
+            .is_empty()
+        );
+        // Flakes off.
+        let e = failing(&NixFacts {
+            flakes: false,
+            ..facts()
+        });
+        assert!(
+            e.len() == 1 && e[0].contains("experimental-features = nix-command flakes"),
+            "{e:?}"
+        );
+        // Not root, no writable store, no daemon.
+        let user = NixFacts {
+            root: false,
+            state_writable: false,
+            group_members: None,
+            ..facts()
+        };
+        let e = failing(&user);
+        assert!(
+            e.len() == 1 && e[0].contains("not running") && e[0].contains("nix-daemon.socket"),
+            "{e:?}"
+        );
+        // ... with the daemon up: fine, and the group is the daemon's business.
+        assert!(
+            failing(&NixFacts {
+                daemon: true,
+                ..user.clone()
+            })
+            .is_empty()
+        );
+        // A single-user install (the user owns /nix) builds without a daemon.
+        assert!(
+            failing(&NixFacts {
+                state_writable: true,
+                ..user
+            })
+            .is_empty()
+        );
+        // `store = daemon` needs the daemon even as root.
+        let e = failing(&NixFacts {
+            store: "daemon".into(),
+            ..facts()
+        });
+        assert!(
+            e[0].contains("nix-daemon") && e[0].contains("store = local"),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -209,10 +209,13 @@ fn build_with(nix: &str, installable: &str, extra: &[String]) -> anyhow::Result<
     let status = child.wait()?;
     let out = out_reader.join().unwrap_or_default();
     if !status.success() {
+        // Name the set-up problem behind a failure and its fix (`cell doctor`'s checks).
+        let fixes = crate::doctor::nix_fixes();
         bail!(
-            "the Nix build failed after {}s:\n{}",
+            "the Nix build failed after {}s:\n{}{}",
             started.elapsed().as_secs(),
-            p.errors.join("\n")
+            p.errors.join("\n"),
+            fixes.iter().map(|f| format!("\n  {f}")).collect::<String>()
         );
     }
     eprintln!("cell: built in {}s", started.elapsed().as_secs());

@@ -607,7 +607,9 @@ fn two_tiny_vms_wired_by_the_qemu_backend() {
         )
         .unwrap();
         let k = format!("{i}-nix");
-        let out = Command::new(env!("CARGO_BIN_EXE_cell"))
+        // The test's own Nix configuration: nothing set up on this machine counts.
+        let nix_conf = work.path().join("nix-conf");
+        let out = common::own_nix(&mut Command::new(env!("CARGO_BIN_EXE_cell")), &nix_conf, "")
             .args([
                 "start",
                 "-i",
@@ -618,7 +620,6 @@ fn two_tiny_vms_wired_by_the_qemu_backend() {
                 "tcg",
             ])
             .env("CELL_STATE_DIR", &state)
-            .env("NIX_CONFIG", "substituters =")
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stderr);
@@ -639,10 +640,9 @@ fn two_tiny_vms_wired_by_the_qemu_backend() {
         );
         let provision = |flake_text: &str| {
             std::fs::write(flake.join("flake.nix"), flake_text).unwrap();
-            Command::new(env!("CARGO_BIN_EXE_cell"))
+            common::own_nix(&mut Command::new(env!("CARGO_BIN_EXE_cell")), &nix_conf, "")
                 .args(["provision", "-i", &k, "--accel", "tcg"])
                 .env("CELL_STATE_DIR", &state)
-                .env("NIX_CONFIG", "substituters =")
                 .output()
                 .unwrap()
         };
