@@ -1,11 +1,21 @@
 {
   description = "cell: a coding agent with root in a disposable VM, behind a firewall VM that enforces a typed allowlist";
 
+  # Every input is pinned to an exact revision, so the first `flake.lock`
+  # anyone creates locks the same sources (README: "Pinned inputs" says how to
+  # bump them). nixpkgs is the nixos-unstable revision microvm.nix's own lock
+  # was tested with; spectrum is microvm.nix's input, pinned here (it is a git
+  # input, fetched over git, and would otherwise float to its newest commit).
   inputs = {
-    nixpkgs.url = "github:NixOS/nixpkgs/nixos-unstable";
+    nixpkgs.url = "github:NixOS/nixpkgs/643809054d65fdd466a63e3155b8c498cb483c04";
     microvm = {
-      url = "github:microvm-nix/microvm.nix";
+      url = "github:microvm-nix/microvm.nix/71beea0076cd46dafcee97a5a2e7d00cbba5bd2f";
       inputs.nixpkgs.follows = "nixpkgs";
+      inputs.spectrum.follows = "spectrum";
+    };
+    spectrum = {
+      url = "git+https://spectrum-os.org/git/spectrum?rev=a7762d6f54b40560dd5255ce902e6e6a5d980fe9";
+      flake = false;
     };
   };
 
@@ -13,7 +23,7 @@
     { self
     , nixpkgs
     , microvm
-    ,
+    , ...
     }:
     let
       inherit (nixpkgs) lib;
