@@ -1,25 +1,67 @@
-# Module evaluation tests: the firewall and agent modules evaluated with
-# nixpkgs' `lib.evalModules` (NixOS options stubbed with their real names and
-# types: ./nixos-stub.nix). Checks the options, the assertions, and what the
-# modules set. Run:
-#   nix-instantiate --eval --strict --json checks/eval/modules.nix --arg lib 'import /path/to/nixpkgs.lib/lib'
-# Evaluates to { cases; failures = [ ]; }.
-{ lib }:
+# Module evaluation tests: the firewall, agent and VM modules evaluated with
+# nixpkgs' `lib.evalModules` against NixOS options declared as nixpkgs
+# declares them (./nixos-stub.nix, ./nixpkgs-*-stub.nix, each naming the
+# file it mirrors) and, for modules/vm, microvm.nix's own guest modules when
+# a checkout is given (else ./microvm-stub.nix). Checks the options, the
+# assertions and what the modules set, the way each consumer evaluates
+# them: pkgs.testers.runNixOSTest (read-only nixpkgs.config, node.pkgs),
+# lib.mkCell / lib.nixosSystem (pkgs made from nixpkgs.config), and each host
+# system (x86_64-linux and aarch64-linux with qemu, aarch64-darwin with
+# vfkit). Run:
+#   nix-instantiate --eval --strict --json checks/eval/modules.nix \
+#     --arg lib 'import /path/to/nixpkgs.lib/lib' [--argstr microvm /path/to/microvm.nix]
+# Evaluates to { cases; failures = [ ]; microvm = "stub" | "<path>"; }.
+{ lib
+, microvm ? null
+}:
 let
   inherit (import ../../lib/tests/harness.nix) eq run;
 
+  # microvm.nix's guest modules that evaluate with nixpkgs.lib and the NixOS
+  # stub (the others build runners and need all of nixpkgs).
+  microvmModules =
+    if microvm == null then
+      [ ./microvm-stub.nix ]
+    else
+      map (f: /. + "${microvm}/nixos-modules/microvm/${f}") [
+        "options.nix"
+        "system.nix"
+        "store-disk.nix"
+        "mounts.nix"
+        "asserts.nix"
+      ];
+
+  stubPkgs = args: import ./pkgs-stub.nix args;
+
+  # nixpkgs = "read-only": as pkgs.testers.runNixOSTest evaluates a node
+  #   (node.pkgs given; nixpkgs.config read-only), pkgs made with `config`.
+  # nixpkgs = "writable": as lib.nixosSystem / lib.mkCell do (pkgs made from
+  #   nixpkgs.config and nixpkgs.hostPlatform).
+  # vm: add microvm.nix (real or stub) and modules/vm, as lib.mkCell does.
   eval =
     { modules
     , without ? [ ]
-    ,
+    , system ? "x86_64-linux"
+    , nixpkgs ? "read-only"
+    , config ? { }
+    , vm ? false
     }:
     (lib.evalModules {
-      modules = [
-        ./nixos-stub.nix
-        ./microvm-stub.nix
-        { _module.args.pkgs = import ./pkgs-stub.nix { inherit without; }; }
-      ]
-      ++ modules;
+      modules = [ ./nixos-stub.nix ]
+        ++ (
+        if nixpkgs == "read-only" then
+          [
+            ./nixpkgs-read-only-stub.nix
+            { nixpkgs.pkgs = stubPkgs { inherit without system config; }; }
+          ]
+        else
+          [
+            (import ./nixpkgs-stub.nix { inherit without; })
+            { nixpkgs.hostPlatform = system; }
+          ]
+      )
+        ++ lib.optionals vm (microvmModules ++ [ ../../modules/vm ])
+        ++ modules;
     }).config;
 
   firewall = extra: eval { modules = [ ../../modules/firewall { cell.firewall.enable = true; } ] ++ extra; };
@@ -33,11 +75,36 @@ let
       ++ extra;
     };
 
+  # A VM of lib.mkCell for one host: role "firewall" or "agent"; host
+  # "x86_64-linux", "aarch64-linux" (qemu) or "aarch64-darwin" (vfkit,
+  # aarch64-linux guests).
+  cellVm =
+    role: host: extra:
+    let
+      system = if host == "aarch64-darwin" then "aarch64-linux" else host;
+    in
+    eval {
+      inherit system;
+      nixpkgs = "writable";
+      vm = true;
+      modules = [
+        ../../modules/${role}
+        {
+          cell.${role}.enable = true;
+          networking.hostName = "cell-${role}";
+          microvm.hypervisor = if host == "aarch64-darwin" then "vfkit" else "qemu";
+          microvm.vmHostPackages = stubPkgs { system = host; };
+        }
+      ]
+      ++ extra;
+    };
+
   # Messages of the assertions that fail.
   failing = config: map (a: a.message) (lib.filter (a: !a.assertion) config.assertions);
 
   # Does evaluating (deeply) throw?
   throws = value: !(builtins.tryEval (builtins.deepSeq value value)).success;
+  evaluates = value: !(throws value);
 
   fw = firewall [
     {
@@ -71,22 +138,21 @@ let
       cell.agent.workspace.enable = true;
     }
   ];
-  # The microvm.nix wiring of each VM (modules/vm).
-  vmFw = firewall [ ../../modules/vm ];
-  vmAg = agent [
-    ../../modules/vm
-    { cell.agent.workspace.enable = true; }
-  ];
-  vmAgDarwin = agent [
-    ../../modules/vm
-    { microvm.hypervisor = "vfkit"; }
-  ];
-  vmFwDarwin = firewall [
-    ../../modules/vm
-    { microvm.hypervisor = "vfkit"; }
-  ];
+  # The microvm.nix wiring of each VM (modules/vm), per host system.
+  vmFw = cellVm "firewall" "x86_64-linux" [ ];
+  vmAg = cellVm "agent" "x86_64-linux" [{ cell.agent.workspace.enable = true; }];
+  vmAgNoShare = cellVm "agent" "x86_64-linux" [ ];
+  vmFwArm = cellVm "firewall" "aarch64-linux" [ ];
+  vmAgArm = cellVm "agent" "aarch64-linux" [{ cell.agent.workspace.enable = true; }];
+  vmAgDarwin = cellVm "agent" "aarch64-darwin" [{ cell.agent.workspace.enable = true; }];
+  vmFwDarwin = cellVm "firewall" "aarch64-darwin" [ ];
+
+  # The link device's qemu arguments.
+  linkDevice = c: lib.elemAt c.microvm.qemu.extraArgs 3;
+
+  claudeAllowed = { allowUnfreePredicate = p: lib.getName p == "claude-code"; };
 in
-run [
+(run [
   # --- firewall -----------------------------------------------------------
   (eq "firewall: no failing assertions" (failing fw) [ ])
   (eq "firewall: ICMP rate limits off so rejects fail fast, no forwarding without cidr"
@@ -180,7 +246,7 @@ run [
     })
   (eq "firewall: the link interface is named by MAC and addressed"
     {
-      link = fw.systemd.network.links."10-cell-agent";
+      link = { inherit (fw.systemd.network.links."10-cell-agent") matchConfig linkConfig; };
       inherit (fw.systemd.network.networks."10-cell-agent") address;
     }
     {
@@ -205,15 +271,46 @@ run [
       }
     ];
   })
-  (eq "firewall: the event log rotates as its owner"
-    {
-      inherit (fw.services.logrotate.settings.cell-proxy-events) files su copytruncate;
-    }
-    {
-      files = "/var/log/cell-proxy/events.jsonl";
-      su = "cell-proxy cell-proxy";
-      copytruncate = true;
-    })
+  (eq "firewall: cell-proxy bounds and rotates its own event log (16 MiB, 4 kept); logrotate is not used"
+    [
+      (has "--events-max-bytes 16777216 --events-keep 4")
+      fw.services.logrotate.enable
+      fw.services.logrotate.settings
+    ]
+    [
+      true
+      false
+      { }
+    ])
+  (eq "firewall: the event log bounds are options; without an event log no bound flags"
+    (map (c: lib.hasInfix "--events-max-bytes 0 --events-keep 0" c.systemd.services.cell-proxy.serviceConfig.ExecStart) [
+      (firewall [{ cell.firewall.eventLog = { maxBytes = 0; keep = 0; }; }])
+    ]
+    ++ [
+      (lib.hasInfix "--events-" (firewall [{ cell.firewall.eventLog.enable = false; }]).systemd.services.cell-proxy.serviceConfig.ExecStart)
+      (throws (firewall [{ cell.firewall.eventLog.keep = 101; }]).cell.firewall.eventLog.keep)
+      (throws (firewall [{ cell.firewall.eventLog.maxBytes = -1; }]).cell.firewall.eventLog.maxBytes)
+    ]) [
+    true
+    false
+    true
+    true
+  ])
+  (eq "firewall: the old eventLog.rotate still works (renamed to keep, with a warning); maxSize is refused with the replacement"
+    (
+      let
+        renamed = firewall [{ cell.firewall.eventLog.rotate = 7; }];
+      in
+      [
+        renamed.cell.firewall.eventLog.keep
+        (lib.any (lib.hasInfix "eventLog.keep") renamed.warnings)
+        (lib.any (lib.hasInfix "eventLog.maxBytes") (failing (firewall [{ cell.firewall.eventLog.maxSize = "50M"; }])))
+      ]
+    ) [
+    7
+    true
+    true
+  ])
   (eq "firewall: clashing ports are refused with the fix"
     (
       map (lib.hasInfix "three different ports") (failing (firewall [{ cell.firewall.ports.transparent = 3128; }]))
@@ -257,18 +354,35 @@ run [
     { }
   ])
 
-  # --- the project template's cell.nix, given to both VMs ----------------
-  (eq "template: evaluates in both roles with no failing assertion" [
-    (failing (firewall [ ../../templates/default/cell.nix ]))
-    (failing (agent [ ../../templates/default/cell.nix ]))
-    ((firewall [ ../../templates/default/cell.nix ]).systemd.services ? cell-ca)
-    ((agent [ ../../templates/default/cell.nix ]).systemd.services ? cell-proxy)
-  ] [
+  # --- the project template's cell.nix, given to both VMs (by lib.mkCell) ---
+  (eq "template: evaluates in both roles with no failing assertion"
+    (
+      let
+        role = r: eval {
+          nixpkgs = "writable";
+          modules = [ ../../modules/${r} { cell.${r}.enable = true; } ../../templates/default/cell.nix ];
+        };
+      in
+      [
+        (failing (role "firewall"))
+        (failing (role "agent"))
+        ((role "firewall").systemd.services ? cell-ca)
+        ((role "agent").systemd.services ? cell-proxy)
+        (map (p: p.name) (role "agent").environment.systemPackages)
+      ]
+    ) [
     [ ]
     [ ]
     false
     false
+    [ "claude-code-2.0.0" "go" "gnumake" "git" "curl" ]
   ])
+  (eq "hosts: the default cell (hosts/) evaluates in both roles with no failing assertion"
+    (map
+      (r: failing (eval {
+        nixpkgs = "writable";
+        modules = [ ../../modules/${r} ../../hosts/policy.nix ../../hosts/${r} ];
+      })) [ "firewall" "agent" ]) [ [ ] [ ] ])
 
   # --- microvm.nix wiring ---------------------------------------------------
   (eq "vm: the firewall listens on the link socket; MMIO without PCI devices" vmFw.microvm.qemu.extraArgs [
@@ -277,11 +391,11 @@ run [
     "-device"
     "virtio-net-device,netdev=cell-link,mac=02:ce:11:00:00:01"
   ])
-  (eq "vm: the agent connects (and reconnects); PCI once a share exists" vmAg.microvm.qemu.extraArgs [
+  (eq "vm: the agent connects (and reconnects); PCI once a share exists, with microvm.nix's romfile=" vmAg.microvm.qemu.extraArgs [
     "-netdev"
     "stream,id=cell-link,addr.type=unix,addr.path=link.sock,server=off,reconnect-ms=1000"
     "-device"
-    "virtio-net-pci,netdev=cell-link,mac=02:ce:11:00:00:02"
+    "virtio-net-pci,netdev=cell-link,mac=02:ce:11:00:00:02,romfile="
   ])
   (eq "vm: the firewall's SSH is forwarded from host loopback only" (map (f: f.host.address) vmFw.microvm.forwardPorts) [ "127.0.0.1" ])
   (eq "vm: only the firewall has an uplink; the agent has no microvm.nix interface at all" [
@@ -314,8 +428,9 @@ run [
   (eq "vm: sizes default by role" [ vmFw.microvm.mem vmAg.microvm.mem vmAg.microvm.vcpu ] [ 512 4096 2 ])
   (eq "vm: the spec the host CLI boots (firewall: link + uplink, no volume)"
     {
-      inherit (vmFw.cell.vm.spec) version role system linkMac uplinkMac volumes shares cmdline vcpu mem;
+      inherit (vmFw.cell.vm.spec) version role system linkMac uplinkMac volumes shares vcpu mem;
       kernel = baseNameOf vmFw.cell.vm.spec.kernel;
+      init = lib.elem "init=${vmFw.system.build.toplevel}/init" vmFw.cell.vm.spec.cmdline;
     }
     {
       version = 1;
@@ -325,7 +440,7 @@ run [
       uplinkMac = vmFw.cell.firewall.uplinkMac;
       volumes = [ ];
       shares = [ ];
-      cmdline = [ "init=/nix/store/00000000000000000000000000000000-nixos-system/init" ];
+      init = true;
       vcpu = 1;
       mem = 512;
       kernel = "bzImage";
@@ -453,25 +568,59 @@ run [
         without = [ "pi-coding-agent" ];
       }))
     ) [ true ])
-  (eq "agent: claude-code is the only unfree package allowed, and only when chosen" [
-    (ag.nixpkgs.config ? allowUnfreePredicate)
-    ((agent [{ cell.agent.harnesses = [ "claude" ]; }]).nixpkgs.config.allowUnfreePredicate { name = "claude-code-2.0.0"; pname = "claude-code"; })
-    ((agent [{ cell.agent.harnesses = [ "claude" ]; }]).nixpkgs.config.allowUnfreePredicate { name = "other-1.0"; pname = "other"; })
-  ] [
-    false
-    true
-    false
+  (eq "agent: no module of cell writes nixpkgs.config (writable, as lib.mkCell evaluates it), with or without claude"
+    [
+      (eval { nixpkgs = "writable"; modules = [ ../../modules/agent { cell.agent.enable = true; } ]; }).nixpkgs.config
+      (eval { nixpkgs = "writable"; modules = [ ../../modules/agent { cell.agent = { enable = true; harnesses = [ "codex" ]; }; } ]; }).nixpkgs.config
+    ] [
+    { }
+    { }
   ])
-  (eq "agent: the workspace is mounted, the home directory never"
-    {
-      inherit (ag.fileSystems."/workspace") device fsType;
-      mounts = lib.attrNames ag.fileSystems;
-    }
-    {
-      device = "workspace";
-      fsType = "9p";
-      mounts = [ "/workspace" ];
-    })
+  (eq "agent: evaluates under runNixOSTest's read-only nixpkgs.config (node.pkgs), with and without claude"
+    [
+      (evaluates (failing ag))
+      (evaluates (failing (eval { modules = [ ../../modules/firewall { cell.firewall.enable = true; } ]; })))
+      (failing (eval {
+        config = claudeAllowed;
+        modules = [ ../../modules/agent { cell.agent = { enable = true; harnesses = [ "claude" ]; }; } ];
+      }))
+    ] [
+    true
+    true
+    [ ]
+  ])
+  (eq "agent: with its own pkgs (nixpkgs.pkgs) no assertion fails (nixpkgs.config must stay empty then)"
+    (failing (eval {
+      nixpkgs = "writable";
+      modules = [
+        ../../modules/agent
+        {
+          cell.agent.enable = true;
+          nixpkgs.pkgs = stubPkgs { config = claudeAllowed; };
+          cell.agent.harnesses = [ "claude" ];
+        }
+      ];
+    })) [ ])
+  (eq "agent: claude refused by the user's nixpkgs is reported with the exact allowUnfreePredicate to add; allowed, it is installed"
+    [
+      (map (lib.hasInfix ''nixpkgs.config.allowUnfreePredicate = pkg: lib.getName pkg == "claude-code";'') (failing (agent [{ cell.agent.harnesses = [ "claude" ]; }])))
+      (failing (eval {
+        nixpkgs = "writable";
+        modules = [ ../../modules/agent { cell.agent = { enable = true; harnesses = [ "claude" ]; }; nixpkgs.config = claudeAllowed; } ];
+      }))
+      (map (p: p.name)
+        (eval {
+          nixpkgs = "writable";
+          modules = [ ../../modules/agent { cell.agent = { enable = true; harnesses = [ "claude" ]; }; nixpkgs.config = claudeAllowed; } ];
+        }).environment.systemPackages)
+    ]
+    [
+      [ true ]
+      [ ]
+      [ "claude-code-2.0.0" "git" "curl" ]
+    ])
+  (eq "agent: the agent module mounts nothing itself (the workspace share is modules/vm's), never the home directory"
+    (lib.attrNames ag.fileSystems) [ ])
   (eq "agent: `cell agent` finds the installed harnesses; the user's git key is made on first boot on /var"
     [
       ag.environment.etc."cell/harnesses".text
@@ -498,4 +647,110 @@ run [
       PermitRootLogin = "no";
       hostKeys = [ "/var/lib/cell/ssh_host_ed25519_key" ];
     })
-]
+
+  # --- each host system, as lib.mkCell builds it ---------------------------
+  (eq "hosts: x86_64-linux and aarch64-linux (qemu), aarch64-darwin (vfkit): both VMs evaluate, no failing assertion (microvm.nix's included)"
+    (map failing [ vmFw vmAg vmFwArm vmAgArm vmFwDarwin vmAgDarwin ])
+    [ [ ] [ ] [ ] [ ] [ ] [ ] ])
+  (eq "hosts: the guest system and kernel image per host (aarch64-linux guests, uncompressed Image, on a Mac)"
+    (map (c: [ c.cell.vm.spec.system (baseNameOf c.cell.vm.spec.kernel) c.microvm.qemu.machine ]) [ vmFw vmFwArm vmFwDarwin ])
+    [
+      [ "x86_64-linux" "bzImage" "microvm" ]
+      [ "aarch64-linux" "Image" "virt" ]
+      [ "aarch64-linux" "Image" "virt" ]
+    ])
+  (eq "vm: the link device follows microvm.nix's PCI and romfile= rules (aarch64 `virt` is PCI and gets romfile=; x86_64 MMIO gets neither)"
+    (map linkDevice [ vmFw vmAgNoShare vmAg vmFwArm vmAgArm ])
+    [
+      "virtio-net-device,netdev=cell-link,mac=02:ce:11:00:00:01"
+      "virtio-net-device,netdev=cell-link,mac=02:ce:11:00:00:02"
+      "virtio-net-pci,netdev=cell-link,mac=02:ce:11:00:00:02,romfile="
+      "virtio-net-pci,netdev=cell-link,mac=02:ce:11:00:00:01,romfile="
+      "virtio-net-pci,netdev=cell-link,mac=02:ce:11:00:00:02,romfile="
+    ])
+  (eq "vm: an emulated CPU on aarch64 drops romfile= there too, as microvm.nix does"
+    (linkDevice (cellVm "firewall" "aarch64-linux" [{ microvm.cpu = "cortex-a72"; microvm.qemu.machine = "microvm"; }]))
+    "virtio-net-device,netdev=cell-link,mac=02:ce:11:00:00:01")
+  (eq "vm: the workspace mount keeps cell's options over microvm.nix's own share mount (1 MiB 9p messages, nofail; virtio-fs on vfkit)"
+    (map (c: { inherit (c.fileSystems."/workspace") device fsType options; }) [ vmAg vmAgArm vmAgDarwin ])
+    (
+      let
+        p9 = {
+          device = "workspace";
+          fsType = "9p";
+          options = [ "trans=virtio" "version=9p2000.L" "msize=1048576" "x-systemd.after=systemd-modules-load.service" "nofail" ];
+        };
+      in
+      [
+        p9
+        p9
+        {
+          device = "workspace";
+          fsType = "virtiofs";
+          options = [ "defaults" "x-systemd.after=systemd-modules-load.service" "nofail" ];
+        }
+      ]
+    ))
+  (eq "vm: systemd's ssh generator is off on every cell VM, so on vfkit only cell-sshd-vsock.socket listens on vsock port 22"
+    [
+      (map (c: lib.elem "systemd.ssh_auto=no" c.cell.vm.spec.cmdline) [ vmFwDarwin vmAgDarwin vmFw vmAg vmFwArm ])
+      vmFwDarwin.systemd.sockets.cell-sshd-vsock.socketConfig.ListenStream
+    ]
+    [
+      [ true true true true true ]
+      "vsock::22"
+    ])
+
+  # --- the stubs themselves: a looser stub is a test that cannot fail ------
+  (eq "stubs: NixOS defaults as nixpkgs declares them (sshd opens the firewall, nftables flushes the ruleset)"
+    (
+      let
+        c = eval { modules = [ ]; };
+      in
+      [
+        c.services.openssh.openFirewall
+        c.networking.nftables.flushRuleset
+        c.networking.firewall.enable
+        c.services.openssh.settings.PermitRootLogin
+        c.networking.useDHCP
+      ]
+    ) [
+    true
+    true
+    true
+    "prohibit-password"
+    true
+  ])
+  (eq "stubs: networkd sections refuse keys and values nixpkgs' checkUnitConfig refuses"
+    (map (m: throws (eval { modules = [ m ]; }).systemd.network) [
+      { systemd.network.networks.x.networkConfig.Bogus = true; }
+      { systemd.network.networks.x.linkConfig.RequiredForOnline = "sometimes"; }
+      { systemd.network.networks.x.networkConfig.IPv6AcceptRA = "maybe"; }
+      { systemd.network.links.x.linkConfig.Bogus = "x"; }
+      { systemd.network.links.x.linkConfig.MACAddress = "not-a-mac"; }
+    ]
+    ++ [ (throws (eval { modules = [{ systemd.network.networks.x.networkConfig.DHCP = "ipv4"; }]; }).systemd.network) ])
+    [ true true true true true false ])
+  (eq "stubs: unit options are typed (unit names, Service Type)"
+    (map (m: throws (eval { modules = [ m ]; }).systemd.services) [
+      { systemd.services.x.after = [ "not a unit" ]; }
+      { systemd.services.x.serviceConfig.Type = "oneshoot"; }
+    ]) [ true true ])
+  (eq "stubs: nixpkgs.config is read-only under runNixOSTest, even an empty definition"
+    [
+      (throws (eval { modules = [{ nixpkgs.config = { }; }]; }).nixpkgs.config)
+      (throws (eval { modules = [{ nixpkgs.config.allowUnfree = true; }]; }).nixpkgs.config)
+    ] [ true true ])
+  (eq "stubs: microvm.nix's lists are typed, its paths are paths, its hypervisors are its own"
+    (map (m: throws (cellVm "agent" "x86_64-linux" [ m ]).microvm) [
+      { microvm.shares = [{ bogus = 1; }]; }
+      { microvm.interfaces = [{ type = "vde"; id = "x"; mac = "02:00:00:00:00:01"; }]; }
+      { microvm.volumes = [{ image = "x.img"; }]; }
+      { microvm.initrdPath = lib.mkForce "initrd"; }
+      { microvm.hypervisor = lib.mkForce "vfkit2"; }
+    ]
+    ++ [ (throws (cellVm "agent" "x86_64-linux" [{ microvm.hypervisor = lib.mkForce "firecracker"; }]).microvm.hypervisor) ])
+    [ true true true true true false ])
+]) // {
+  microvm = if microvm == null then "stub" else microvm;
+}

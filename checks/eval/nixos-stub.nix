@@ -1,185 +1,253 @@
-# The NixOS options the cell modules set, declared with the names and types
-# nixpkgs uses (checked against nixos/modules: networkd.nix, firewall.nix,
-# nftables.nix, sshd.nix, logrotate.nix, sysctl.nix, ca.nix, etc.nix,
-# systemd-unit-options.nix), so the modules evaluate with nixpkgs' `lib`
-# alone. A misspelt option or networkd section fails here as it would in
-# NixOS. It does not prove what NixOS does with the values: the VM tests in
-# checks/vm do, on a machine with Nix and KVM.
-{ lib, ... }:
+# The NixOS options the cell modules (and, with CELL_MICROVM, microvm.nix's
+# guest modules) set or read, declared as nixpkgs declares them: same name,
+# type, default and read-only-ness, each with the nixpkgs file it mirrors
+# (paths under nixos/). Sub-options of the huge submodules (systemd units,
+# networkd sections) are the ones these modules use, with their real types;
+# networkd sections reject unknown keys as nixpkgs' checkUnitConfig does
+# (./systemd-stub.nix). A misspelt option, a wrong type or an unknown
+# networkd key fails here as it would in NixOS. It does not prove what
+# NixOS does with the values: the VM tests in checks/vm do, on a machine
+# with Nix and KVM. The nixpkgs.* options are in ./nixpkgs-stub.nix and
+# ./nixpkgs-read-only-stub.nix.
+{ lib, pkgs, ... }:
 let
   inherit (lib) mkOption types;
-  any = mkOption {
-    type = types.attrsOf types.anything;
-    default = { };
+  sd = import ./systemd-stub.nix { inherit lib; };
+  opt = type: default: mkOption { inherit type default; };
+  list = t: opt (types.listOf t) [ ];
+  bool = opt types.bool;
+  units = list sd.unitName;
+
+  # lib/systemd-unit-options.nix: commonUnitOptions + stage2CommonUnitOptions.
+  commonUnit = {
+    enable = bool true;
+    description = opt types.singleLineStr "";
+    documentation = list types.str;
+    wantedBy = units;
+    requiredBy = units;
+    wants = units;
+    requires = units;
+    after = units;
+    before = units;
+    bindsTo = units;
+    partOf = units;
+    conflicts = units;
+    unitConfig = opt (types.attrsOf sd.unitOption) { };
+    restartTriggers = list types.unspecified;
+    reloadTriggers = list sd.unitOption;
   };
-  section = mkOption {
-    type = types.attrsOf types.anything;
-    default = { };
-  };
-  list = t: mkOption {
-    type = types.listOf t;
-    default = [ ];
-  };
-  bool = mkOption {
-    type = types.bool;
-    default = false;
-  };
-  str = mkOption {
-    type = types.nullOr types.str;
-    default = null;
-  };
-  ports = list types.port;
 in
 {
   options = {
-    assertions = list types.anything;
+    # misc/assertions.nix
+    assertions = list types.unspecified;
     warnings = list types.str;
-    boot.kernel.sysctl = mkOption {
-      type = types.attrsOf (types.nullOr (types.oneOf [ types.bool types.str types.int ]));
-      default = { };
-    };
+
+    # config/sysctl.nix (a submodule with a freeform attrsOf in nixpkgs;
+    # the same values are accepted)
+    boot.kernel.sysctl = opt (types.attrsOf (types.nullOr (types.oneOf [ types.bool types.str types.int ]))) { };
+    # system/boot/kernel.nix
+    boot.kernelParams = list (types.strMatching ''([^"[:space:]]|"[^"]*")+'' // { name = "kernelParam"; });
+    boot.kernelPackages = opt types.raw pkgs.linuxPackages;
+    boot.blacklistedKernelModules = list types.str;
+    boot.initrd.kernelModules = list types.str;
+    boot.initrd.availableKernelModules = list types.str;
+    # system/boot/systemd/initrd.nix
+    boot.initrd.systemd.enable = bool false;
+    # system/boot/loader/grub/grub.nix
+    boot.loader.grub.enable = bool true;
+    # system/boot/stage-2.nix
+    boot.postBootCommands = opt types.lines "";
+
     networking = {
-      useNetworkd = bool;
-      useDHCP = bool;
+      # tasks/network-interfaces.nix
+      useNetworkd = bool false;
+      useDHCP = bool true;
       nameservers = list types.str;
-      hostName = str;
+      hostName = opt (types.strMatching "^$|^[[:alnum:]]([[:alnum:]_-]{0,61}[[:alnum:]])?$") "nixos";
+      hostId = opt (types.nullOr (types.strMatching "[0-9a-f]{8}")) null;
+      # services/networking/nftables.nix
       nftables = {
-        enable = bool;
-        flushRuleset = bool;
+        enable = bool false;
+        flushRuleset = bool true;
       };
+      # services/networking/firewall.nix
       firewall = {
-        enable = bool;
+        enable = bool true;
         trustedInterfaces = list types.str;
-        allowedTCPPorts = ports;
-        interfaces = mkOption {
-          type = types.attrsOf (types.submodule { options.allowedTCPPorts = ports; });
-          default = { };
-        };
+        allowedTCPPorts = list types.port;
+        interfaces = opt (types.attrsOf (types.submodule { options.allowedTCPPorts = list types.port; })) { };
       };
     };
-    systemd.network.links = mkOption {
-      type = types.attrsOf (types.submodule {
+
+    # system/boot/networkd.nix: linkOptions / networkOptions
+    systemd.network.links = opt
+      (types.attrsOf (types.submodule {
         options = {
-          matchConfig = section;
-          linkConfig = section;
+          enable = bool true;
+          matchConfig = opt (types.attrsOf sd.unitOption) { };
+          linkConfig = opt (sd.section sd.checkLinkLink) { };
         };
-      });
-      default = { };
-    };
-    systemd.network.networks = mkOption {
-      type = types.attrsOf (types.submodule {
+      }))
+      { };
+    systemd.network.networks = opt
+      (types.attrsOf (types.submodule {
         options = {
-          matchConfig = section;
-          networkConfig = section;
-          linkConfig = section;
+          enable = bool true;
+          matchConfig = opt (types.attrsOf sd.unitOption) { };
+          linkConfig = opt (sd.section sd.checkNetworkLink) { };
+          networkConfig = opt (sd.section sd.checkNetworkNetwork) { };
           address = list types.str;
           gateway = list types.str;
           dns = list types.str;
         };
-      });
-      default = { };
-    };
-    systemd.services = mkOption {
-      type = types.attrsOf (types.submodule {
-        options = {
-          description = str;
-          documentation = list types.str;
-          wantedBy = list types.str;
-          wants = list types.str;
-          after = list types.str;
-          before = list types.str;
-          bindsTo = list types.str;
-          unitConfig = any;
-          reloadTriggers = list types.anything;
-          restartTriggers = list types.anything;
-          environment = any;
-          serviceConfig = any;
+      }))
+      { };
+
+    # system/boot/systemd.nix with lib/systemd-unit-options.nix
+    systemd.services = opt
+      (types.attrsOf (types.submodule {
+        options = commonUnit // {
+          environment = opt (types.attrsOf (types.nullOr (types.oneOf [ types.str types.path types.package ]))) { };
+          serviceConfig = opt (sd.section sd.checkService) { };
         };
-      });
-      default = { };
-    };
-    systemd.sockets = mkOption {
-      type = types.attrsOf (types.submodule {
-        options = {
-          description = str;
-          wantedBy = list types.str;
-          socketConfig = any;
+      }))
+      { };
+    systemd.sockets = opt
+      (types.attrsOf (types.submodule {
+        options = commonUnit // {
+          listenStreams = list types.str;
+          socketConfig = opt (types.attrsOf sd.unitOption) { };
         };
-      });
-      default = { };
-    };
-    services.resolved.enable = bool;
+      }))
+      { };
+    systemd.mounts = list (types.submodule {
+      options = commonUnit // {
+        what = opt types.str "";
+        where = mkOption { type = types.str; };
+        overrideStrategy = opt (types.enum [ "asDropinIfExists" "asDropin" ]) "asDropinIfExists";
+      };
+    });
+    systemd.generators = opt (types.attrsOf types.path) { };
+
+    # system/boot/resolved.nix
+    services.resolved.enable = bool false;
+    # services/networking/ssh/sshd.nix
     services.openssh = {
-      enable = bool;
-      openFirewall = bool;
-      hostKeys = list types.attrs;
-      settings = any;
+      enable = bool false;
+      openFirewall = bool true;
+      package = opt types.package pkgs.openssh;
+      hostKeys = opt (types.listOf types.attrs) [
+        {
+          type = "rsa";
+          bits = 4096;
+          path = "/etc/ssh/ssh_host_rsa_key";
+        }
+        {
+          type = "ed25519";
+          path = "/etc/ssh/ssh_host_ed25519_key";
+        }
+      ];
       authorizedKeysFiles = list types.str;
-      package = mkOption {
-        type = types.package;
-        default = (import ./pkgs-stub.nix { }).openssh;
-      };
+      settings = opt
+        (types.submodule {
+          freeformType = types.attrsOf (types.nullOr (types.oneOf [ types.bool types.int types.str (types.listOf types.str) ]));
+          options = {
+            PasswordAuthentication = opt (types.nullOr types.bool) true;
+            KbdInteractiveAuthentication = opt (types.nullOr types.bool) true;
+            PermitRootLogin = opt (types.nullOr (types.enum [ "yes" "without-password" "prohibit-password" "forced-commands-only" "no" ])) "prohibit-password";
+          };
+        })
+        { };
     };
-    programs.ssh.extraConfig = mkOption {
-      type = types.lines;
-      default = "";
-    };
+    # programs/ssh.nix
+    programs.ssh.extraConfig = opt types.lines "";
+    # services/logging/logrotate.nix (cell no longer writes it; the checks
+    # prove that)
     services.logrotate = {
-      enable = bool;
-      settings = mkOption {
-        type = types.attrsOf (types.attrsOf types.anything);
-        default = { };
-      };
+      enable = bool false;
+      settings = opt (types.attrsOf (types.submodule { freeformType = types.attrsOf types.anything; })) { };
     };
-    users.users = mkOption {
-      type = types.attrsOf (types.submodule {
+
+    # config/users-groups.nix
+    users.users = opt
+      (types.attrsOf (types.submodule {
         options = {
-          isNormalUser = bool;
-          isSystemUser = bool;
-          group = str;
-          description = str;
+          isNormalUser = bool false;
+          isSystemUser = bool false;
+          group = opt types.str "";
+          description = opt (types.passwdEntry types.str) "";
           extraGroups = list types.str;
           openssh.authorizedKeys.keys = list types.singleLineStr;
         };
-      });
-      default = { };
-    };
-    users.groups = any;
-    security.sudo.wheelNeedsPassword = bool;
+      }))
+      { };
+    users.groups = opt (types.attrsOf (types.submodule { options.members = list (types.passwdEntry types.str); })) { };
+    # security/sudo.nix
+    security.sudo.wheelNeedsPassword = bool true;
+    # security/ca.nix
     security.pki = {
       certificateFiles = list types.path;
       certificates = list types.str;
       caCertificateBlacklist = list types.str;
     };
-    environment.etc = mkOption {
-      type = types.attrsOf (types.submodule {
-        options.source = mkOption {
-          type = types.nullOr types.path;
-          default = null;
-        };
-        options.text = mkOption {
-          type = types.nullOr types.lines;
-          default = null;
-        };
-      });
-      default = { };
-    };
-    environment.variables = mkOption {
-      type = types.attrsOf types.str;
-      default = { };
-    };
-    environment.systemPackages = list types.package;
-    fileSystems = mkOption {
-      type = types.attrsOf (types.submodule {
+    # security/misc.nix
+    security.virtualisation.flushL1DataCache = opt (types.nullOr (types.enum [ "never" "cond" "always" ])) null;
+
+    # system/etc/etc.nix: `text` becomes `source` through pkgs.writeText.
+    environment.etc = opt
+      (types.attrsOf (types.submodule ({ name, config, options, ... }: {
         options = {
-          device = str;
-          fsType = str;
-          options = list types.str;
-          autoFormat = bool;
+          source = mkOption { type = types.path; };
+          text = opt (types.nullOr types.lines) null;
         };
-      });
+        config.source = lib.mkIf (config.text != null) (
+          lib.mkDerivedConfig options.text (pkgs.writeText (baseNameOf name))
+        );
+      })))
+      { };
+    # config/shells-environment.nix
+    environment.variables = mkOption {
+      type = types.attrsOf (types.oneOf [ (types.listOf (types.oneOf [ types.int types.str types.path ])) types.int types.str types.path ]);
       default = { };
+      apply = lib.mapAttrs (_: v: if lib.isList v then lib.concatMapStringsSep ":" toString v else toString v);
     };
-    nixpkgs.config = any;
+    # config/system-path.nix
+    environment.systemPackages = list types.package;
+
+    # tasks/filesystems.nix (and tasks/filesystems/overlayfs.nix)
+    fileSystems = opt
+      (types.attrsOf (types.submodule {
+        options = {
+          device = opt (types.nullOr types.nonEmptyStr) null;
+          fsType = opt types.nonEmptyStr "auto";
+          options = opt (types.nonEmptyListOf types.nonEmptyStr) [ "defaults" ];
+          autoFormat = bool false;
+          neededForBoot = bool false;
+          noCheck = bool false;
+          overlay = {
+            lowerdir = opt (types.nullOr (types.nonEmptyListOf (types.either types.str types.pathInStore))) null;
+            upperdir = opt (types.nullOr types.str) null;
+            workdir = opt (types.nullOr types.str) null;
+          };
+        };
+      }))
+      { };
+
+    # services/system/nix-daemon.nix, config/nix.nix
+    nix.enable = bool true;
+    nix.package = opt types.package pkgs.nix;
+    nix.optimise.automatic = bool false;
+    nix.settings = opt (types.submodule { freeformType = types.attrsOf types.anything; options.auto-optimise-store = bool false; }) { };
+
+    # system/activation/top-level.nix, system/boot/kernel.nix
+    system.build = opt (types.submoduleWith { modules = [{ freeformType = types.lazyAttrsOf (types.uniq types.unspecified); }]; }) { };
+    system.boot.loader.initrdFile = opt types.str "initrd";
+  };
+
+  # What the real modules put there; fixed fakes here.
+  config.system.build = {
+    toplevel = pkgs.fakeDerivation "nixos-system";
+    initialRamdisk = pkgs.fakeDerivation "initrd";
   };
 }

@@ -6,7 +6,15 @@ let
   eval =
     modules:
     (lib.evalModules {
-      modules = [ ../../modules/options.nix ] ++ modules;
+      modules = [
+        ../../modules/options.nix
+        # nixos/modules/misc/assertions.nix: every NixOS configuration has
+        # them, and the renamed cell.* options write to them.
+        {
+          options.assertions = lib.mkOption { type = lib.types.listOf lib.types.unspecified; default = [ ]; };
+          options.warnings = lib.mkOption { type = lib.types.listOf lib.types.str; default = [ ]; };
+        }
+      ] ++ modules;
     }).config.cell.policy.document;
 
   # The error message evaluating `modules` produces, or null when it evaluates.

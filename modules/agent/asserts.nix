@@ -7,6 +7,12 @@
 let
   cfg = config.cell.agent;
   missing = lib.filter (name: !(pkgs ? ${cfg.harnessPackages.${name}})) cfg.harnesses;
+
+  # A package nixpkgs refuses (unfree and not allowed) throws when its
+  # derivation is forced; tryEval turns that into an assertion with the fix.
+  refused = lib.filter
+    (name: name == "claude" && pkgs ? claude-code && !(builtins.tryEval pkgs.claude-code.drvPath).success)
+    cfg.harnesses;
 in
 {
   config = lib.mkIf cfg.enable {
@@ -14,6 +20,16 @@ in
       {
         assertion = missing == [ ];
         message = "cell.agent.harnesses: your nixpkgs has no package for ${lib.concatMapStringsSep ", " (n: "${n} (pkgs.${cfg.harnessPackages.${n}})") missing}; use a newer nixpkgs, drop it from the list, or add the package to cell.agent.extraPackages yourself";
+      }
+      {
+        assertion = refused == [ ];
+        message = ''
+          cell.agent.harnesses: "claude" installs pkgs.claude-code, which is unfree, and your nixpkgs does not allow it. Allow that one package where your pkgs are made:
+            - lib.mkCell or any lib.nixosSystem without nixpkgs.pkgs: add the module
+                { nixpkgs.config.allowUnfreePredicate = pkg: lib.getName pkg == "claude-code"; }
+            - your own pkgs (nixpkgs.pkgs, pkgs.testers.runNixOSTest's node.pkgs): import nixpkgs with
+                config.allowUnfreePredicate = pkg: lib.getName pkg == "claude-code";
+          or drop "claude" from cell.agent.harnesses.'';
       }
       {
         assertion = !config.cell.firewall.enable;

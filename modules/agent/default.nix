@@ -152,20 +152,13 @@ in
       };
     };
 
-    nixpkgs.config.allowUnfreePredicate = lib.mkIf (lib.elem "claude" cfg.harnesses) (
-      p: lib.getName p == "claude-code"
-    );
-
-    fileSystems.${cfg.workspace.mountPoint} = lib.mkIf cfg.workspace.enable {
-      device = cfg.workspace.tag;
-      fsType = lib.mkDefault "9p";
-      options = lib.mkDefault [
-        "trans=virtio"
-        "version=9p2000.L"
-        "msize=1048576"
-        "nofail"
-      ];
-    };
+    # No nixpkgs.config here: whoever creates `pkgs` owns its config. Under
+    # `pkgs.testers.runNixOSTest` or with `nixpkgs.pkgs` set, nixpkgs.config
+    # is read-only (nixos/modules/misc/nixpkgs/read-only.nix) or must stay
+    # empty (nixos/modules/misc/nixpkgs.nix asserts it), so any definition
+    # here, even an empty one, breaks those users. claude-code is unfree:
+    # ./asserts.nix says exactly what to allow when it is chosen and the
+    # user's nixpkgs refuses it.
 
     environment.systemPackages = harnessPackages ++ cfg.extraPackages ++ [ pkgs.git pkgs.curl ];
 

@@ -25,8 +25,12 @@ in
       ];
       description = ''
         Coding-agent harnesses to install: `pi` (pi-coding-agent), `claude`
-        (claude-code, unfree: allowed for this package only), `codex`,
-        `opencode`. Each needs its package in your nixpkgs.
+        (claude-code), `codex`, `opencode`. Each needs its package in your
+        nixpkgs. claude-code is unfree and this module never changes your
+        nixpkgs config: allow it yourself, for that package only, with
+        `nixpkgs.config.allowUnfreePredicate = pkg: lib.getName pkg == "claude-code";`
+        (or the same `config` where you import nixpkgs when you bring your
+        own pkgs); an assertion says so when it is missing.
       '';
     };
 
@@ -84,7 +88,7 @@ in
       enable = mkOption {
         type = types.bool;
         default = false;
-        description = "Mount a host directory (the project) read-write into the agent VM. Only this directory is shared; never the home directory.";
+        description = "Mount a host directory (the project) read-write into the agent VM. Only this directory is shared; never the home directory. The share and its mount are wired by the VM module (`nixosModules.vm`, which lib.mkCell adds).";
       };
       mountPoint = mkOption {
         type = types.str;

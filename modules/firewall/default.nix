@@ -58,6 +58,14 @@ let
     "--events"
     (if cfg.eventLog.enable then eventLog else "-")
   ]
+  # cell-proxy bounds and rotates its own event log (FILE.1 … FILE.N): the
+  # hardened logrotate.service of nixpkgs cannot `su` to the log's owner.
+  ++ lib.optionals cfg.eventLog.enable [
+    "--events-max-bytes"
+    (toString cfg.eventLog.maxBytes)
+    "--events-keep"
+    (toString cfg.eventLog.keep)
+  ]
   ++ lib.concatMap
     (ca: [
       "--upstream-ca"
@@ -164,8 +172,8 @@ in
         Restart = "on-failure";
         RestartSec = "1s";
 
-        # A fixed system user rather than DynamicUser: logrotate must be able
-        # to `su` to the owner of the event log when the daemon is not running.
+        # A fixed system user rather than DynamicUser: its state, overlay and
+        # event log keep one owner across restarts and rebuilds.
         User = "cell-proxy";
         Group = "cell-proxy";
         StateDirectory = "cell-proxy";
@@ -220,20 +228,6 @@ in
         SystemCallErrorNumber = "EPERM";
         LimitNOFILE = 65536;
       };
-    };
-
-    services.logrotate.enable = lib.mkIf cfg.eventLog.enable true;
-    services.logrotate.settings.cell-proxy-events = lib.mkIf cfg.eventLog.enable {
-      files = eventLog;
-      size = cfg.eventLog.maxSize;
-      inherit (cfg.eventLog) rotate;
-      compress = true;
-      # logrotate runs without DAC_OVERRIDE; the log is 0600 cell-proxy's.
-      su = "cell-proxy cell-proxy";
-      # cell-proxy keeps the file open in append mode.
-      copytruncate = true;
-      missingok = true;
-      notifempty = true;
     };
 
     users.users.cell-proxy = {

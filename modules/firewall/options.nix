@@ -5,6 +5,13 @@ let
   port = types.port;
 in
 {
+  # The event log was rotated by logrotate, which nixpkgs' hardened unit
+  # cannot run as the log's owner; cell-proxy now rotates it itself.
+  imports = [
+    (lib.mkRenamedOptionModule [ "cell" "firewall" "eventLog" "rotate" ] [ "cell" "firewall" "eventLog" "keep" ])
+    (lib.mkRemovedOptionModule [ "cell" "firewall" "eventLog" "maxSize" ] "Use cell.firewall.eventLog.maxBytes, a number of bytes (cell-proxy rotates the event log itself).")
+  ];
+
   options.cell.firewall = {
     enable = lib.mkEnableOption "the cell firewall: cell-proxy owning the agent link (DNS, nftables, TLS proxy)";
 
@@ -68,17 +75,19 @@ in
       enable = mkOption {
         type = types.bool;
         default = true;
-        description = "Write cell-proxy's JSON-lines events (DNS answers, connections, rejects, reloads) to `/var/log/cell-proxy/events.jsonl`, rotated by logrotate. Off: events go to the journal.";
+        description = "Write cell-proxy's JSON-lines events (DNS answers, connections, rejects, reloads) to `/var/log/cell-proxy/events.jsonl`, bounded and rotated by cell-proxy itself. Off: events go to the journal.";
       };
-      rotate = mkOption {
-        type = types.ints.positive;
-        default = 5;
-        description = "Rotated event logs kept.";
+      maxBytes = mkOption {
+        type = types.ints.unsigned;
+        default = 16777216;
+        defaultText = lib.literalExpression "16777216 # 16 MiB";
+        example = 67108864;
+        description = "cell-proxy rotates the event log before it would grow past this many bytes (`--events-max-bytes`); 0 never rotates.";
       };
-      maxSize = mkOption {
-        type = types.strMatching "[0-9]+[kMG]?";
-        default = "50M";
-        description = "Size at which the event log is rotated (logrotate `size`).";
+      keep = mkOption {
+        type = types.ints.between 0 100;
+        default = 4;
+        description = "Rotated event logs kept beside the live one, `events.jsonl.1` (newest) … `events.jsonl.N` (`--events-keep`); 0 keeps none.";
       };
     };
 

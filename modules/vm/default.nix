@@ -25,19 +25,24 @@ let
   isAgent = config.cell.agent.enable;
   mac = if isFirewall then link.firewallMac else link.agentMac;
   mvm = config.microvm;
+  workspace = config.cell.agent.workspace;
+  # vfkit shares only over virtio-fs (lib/runners/vfkit.nix); qemu uses 9p,
+  # which needs no virtiofsd on the host.
+  workspaceProto = if mvm.hypervisor == "vfkit" then "virtiofs" else "9p";
 
   # microvm.nix attaches virtio devices over PCI or MMIO by the same rule
   # (lib/runners/qemu.nix); the link device must use the same bus.
-  devType =
-    if
-      mvm.graphics.enable
-      || !(lib.hasPrefix "microvm" mvm.qemu.machine)
-      || mvm.shares != [ ]
-      || lib.any (d: d.bus == "pci") mvm.devices
-    then
-      "pci"
-    else
-      "device";
+  requirePci =
+    mvm.graphics.enable
+    || !(lib.hasPrefix "microvm" mvm.qemu.machine)
+    || mvm.shares != [ ]
+    || lib.any (d: d.bus == "pci") mvm.devices;
+  devType = if requirePci then "pci" else "device";
+  # ... and gives virtio-net an empty `romfile=` by the same file's rule: on
+  # PCI, or whenever no CPU is emulated on a guest other than x86_64-linux
+  # (aarch64's `virt` machine). Without it qemu looks for an iPXE option ROM
+  # it may not have.
+  romfile = requirePci || (mvm.cpu == null && pkgs.stdenv.hostPlatform.system != "x86_64-linux");
 
   qemuLink = [
     "-netdev"
@@ -53,7 +58,7 @@ let
       ++ (if isFirewall then [ "server=on" ] else [ "server=off" "reconnect-ms=1000" ])
     ))
     "-device"
-    "virtio-net-${devType},netdev=cell-link,mac=${mac}"
+    "virtio-net-${devType},netdev=cell-link,mac=${mac}${lib.optionalString romfile ",romfile="}"
   ];
 
   # The host CLI's key arrives on the kernel command line (base64url, so it
@@ -152,6 +157,15 @@ in
         };
       };
 
+      # systemd-ssh-generator (systemd >= 256) binds an sshd to AF_VSOCK port
+      # 22 and to AF_UNIX sockets by itself whenever it finds a vsock device
+      # (kernel command line `systemd.ssh_auto=`, systemd-ssh-generator(8)).
+      # cell declares its own listeners: on a vfkit firewall
+      # cell-sshd-vsock.socket owns vsock port 22, which the generated
+      # sshd-vsock.socket would claim too; on the agent a vsock sshd would be
+      # a way in that bypasses the firewall. Off on every cell VM.
+      boot.kernelParams = [ "systemd.ssh_auto=no" ];
+
       # The host CLI's key, from the kernel command line, before sshd starts.
       systemd.services.cell-boot-key = {
         description = "Install the host CLI's SSH key from the kernel command line";
@@ -220,13 +234,38 @@ in
           size = cfg.varSize;
         }
       ];
-      microvm.shares = lib.mkIf config.cell.agent.workspace.enable [
+      microvm.shares = lib.mkIf workspace.enable [
         {
-          proto = if mvm.hypervisor == "vfkit" then "virtiofs" else "9p";
-          inherit (config.cell.agent.workspace) tag mountPoint;
+          proto = workspaceProto;
+          inherit (workspace) tag mountPoint;
           source = cfg.workspaceSource;
         }
       ];
+      # microvm.nix mounts every share itself (nixos-modules/microvm/mounts.nix)
+      # at normal priority, with msize=65536 for 9p and without nofail; a
+      # lower-priority definition would be dropped, and an equal one would be
+      # concatenated (two msize=). The share options have no mount options,
+      # so the whole list is forced here, keeping microvm.nix's ordering
+      # after module loading. A missing workspace must not stop the boot.
+      fileSystems.${workspace.mountPoint} = lib.mkIf workspace.enable {
+        options = lib.mkForce (
+          (
+            if workspaceProto == "9p" then
+              [
+                "trans=virtio"
+                "version=9p2000.L"
+                # 1 MiB messages: 16x fewer round trips than microvm.nix's 64 KiB.
+                "msize=1048576"
+              ]
+            else
+              [ "defaults" ]
+          )
+          ++ [
+            "x-systemd.after=systemd-modules-load.service"
+            "nofail"
+          ]
+        );
+      };
     })
   ];
 }

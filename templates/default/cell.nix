@@ -3,7 +3,7 @@
 # rules and proxy rules; the agent VM installs the harness. Anything not
 # listed here is denied. Change it live with `cell allow …` (no rebuild), or
 # here followed by `cell provision`.
-{ pkgs, ... }:
+{ lib, pkgs, ... }:
 {
   cell.policy = {
     # The model provider the harness talks to.
@@ -40,6 +40,11 @@
     hosts = [ "api.anthropic.com" ];
     source.keychain = "anthropic-api-key";
   };
+
+  # claude-code (the "claude" harness below) is unfree. cell never changes
+  # your nixpkgs config; this allows that one package and nothing else.
+  # Drop the line if you drop "claude".
+  nixpkgs.config.allowUnfreePredicate = pkg: lib.getName pkg == "claude-code";
 
   # The agent VM. The firewall VM needs nothing more.
   cell.agent = {
