@@ -109,19 +109,7 @@ pkgs.testers.runNixOSTest {
       ];
     };
 
-  testScript = ''
-    start_all()
-    internet.wait_for_unit("nginx.service")
-    internet.wait_for_unit("dnsmasq.service")
-    firewall.wait_for_unit("cell-proxy.service")
-    agent.wait_for_unit("cell-ca.service")
-
-    def nothing_reached_internet(what, pattern):
-        """The fake internet's logs hold no trace of `pattern`."""
-        print(f"{what}: checking the internet saw no {pattern!r}")
-        internet.fail(f"journalctl -u dnsmasq -u nginx -u sshd | grep -F {pattern!r}")
-        internet.fail(f"grep -F {pattern!r} /var/log/nginx/access.log /tmp/udp.log 2>/dev/null")
-
-  ''
-  + t.testScript;
+  # The prologue (the nodes are up; nothing_reached_internet) and the
+  # scenario's script; `scripts/dev test` lints both as the driver will.
+  testScript = builtins.readFile ./vm-test-prologue.py + t.testScript;
 }

@@ -6,6 +6,7 @@
   policy.cell.policy.https."api.allowed.test" = { };
   testScript = ''
     import time
+    start = time.monotonic()
     # QUIC to an allowed name's (synthetic) address and to the real one:
     # UDP is rejected at the firewall, with an ICMP error the agent sees at once.
     synthetic = agent.succeed("dig +short api.allowed.test A").strip()
