@@ -742,15 +742,16 @@ in
       (throws (eval { modules = [{ nixpkgs.config.allowUnfree = true; }]; }).nixpkgs.config)
     ] [ true true ])
   (eq "stubs: microvm.nix's lists are typed, its paths are paths, its hypervisors are its own"
-    (map (m: throws (cellVm "agent" "x86_64-linux" [ m ]).microvm) [
-      { microvm.shares = [{ bogus = 1; }]; }
-      { microvm.interfaces = [{ type = "vde"; id = "x"; mac = "02:00:00:00:00:01"; }]; }
-      { microvm.volumes = [{ image = "x.img"; }]; }
-      { microvm.initrdPath = lib.mkForce "initrd"; }
-      { microvm.hypervisor = lib.mkForce "vfkit2"; }
-    ]
-    ++ [ (throws (cellVm "agent" "x86_64-linux" [{ microvm.hypervisor = lib.mkForce "firecracker"; }]).microvm.hypervisor) ])
-    [ true true true true true false ])
+    (map (t: throws (cellVm "agent" "x86_64-linux" [ t.def ]).microvm.${t.read}) [
+      { read = "shares"; def.microvm.shares = [{ tag = "x"; source = "x"; mountPoint = "/x"; bogus = 1; }]; }
+      { read = "interfaces"; def.microvm.interfaces = [{ type = "vde"; id = "x"; mac = "02:00:00:00:00:01"; }]; }
+      { read = "volumes"; def.microvm.volumes = [{ image = "x.img"; mountPoint = "/x"; }]; }
+      { read = "initrdPath"; def.microvm.initrdPath = lib.mkForce "initrd"; }
+      { read = "hypervisor"; def.microvm.hypervisor = lib.mkForce "vfkit2"; }
+      { read = "hypervisor"; def.microvm.hypervisor = lib.mkForce "firecracker"; }
+      { read = "shares"; def = { }; }
+    ])
+    [ true true true true true false false ])
 ]) // {
   microvm = if microvm == null then "stub" else microvm;
 }
