@@ -5,7 +5,9 @@
 //! Needs `nix-instantiate` (Debian: nix-bin; required in CI). The module
 //! evaluation part needs a nixpkgs `lib`: set CELL_NIXPKGS_LIB to a checkout
 //! of nixpkgs.lib (the directory holding `lib/`); without it that part says
-//! SKIPPED.
+//! SKIPPED. With CELL_MICROVM set to a microvm.nix checkout, the VM module
+//! is evaluated against microvm.nix's own guest modules; without it against
+//! checks/eval/microvm-stub.nix, and the test says so.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -92,9 +94,36 @@ fn nixpkgs_lib() -> Option<String> {
     Some(format!("import {}/lib", Path::new(&lib).display()))
 }
 
+/// The microvm.nix checkout named by CELL_MICROVM; None (after saying
+/// which stub is used instead) without one.
+fn microvm_checkout() -> Option<String> {
+    match std::env::var_os("CELL_MICROVM") {
+        Some(dir)
+            if Path::new(&dir)
+                .join("nixos-modules/microvm/options.nix")
+                .is_file() =>
+        {
+            Some(Path::new(&dir).display().to_string())
+        }
+        Some(dir) => panic!(
+            "CELL_MICROVM={} has no nixos-modules/microvm/options.nix; point it at a microvm.nix checkout",
+            Path::new(&dir).display()
+        ),
+        None => {
+            eprintln!(
+                "SKIPPED: the VM module against microvm.nix's own modules; set CELL_MICROVM=/path/to/microvm.nix (evaluating against checks/eval/microvm-stub.nix instead)"
+            );
+            None
+        }
+    }
+}
+
 /// checks/eval/modules.nix: the firewall, agent and VM modules under
 /// lib.evalModules — what they set (capabilities, sysctls, interfaces,
-/// the CA fetch, placeholders) and what their assertions refuse.
+/// the CA fetch, placeholders, the event log bounds, the workspace mount,
+/// the link device), what their assertions refuse, and that they evaluate
+/// the way runNixOSTest (read-only nixpkgs.config) and lib.mkCell on each
+/// host system do. Also the stubs' own fidelity cases.
 #[test]
 fn module_evaluation_tests_pass() {
     if !nix_available() {
@@ -103,9 +132,19 @@ fn module_evaluation_tests_pass() {
     let Some(lib_expr) = nixpkgs_lib() else {
         return;
     };
-    let r = eval_json(&["checks/eval/modules.nix", "--arg", "lib", &lib_expr]);
-    assert!(r["cases"].as_u64().unwrap() >= 41, "{r}");
+    let mut args = vec!["checks/eval/modules.nix", "--arg", "lib", &lib_expr];
+    let microvm = microvm_checkout();
+    if let Some(dir) = &microvm {
+        args.extend(["--argstr", "microvm", dir]);
+    }
+    let r = eval_json(&args);
+    assert!(r["cases"].as_u64().unwrap() >= 58, "{r}");
     assert_eq!(r["failures"], serde_json::json!([]), "{r:#}");
+    let expected = microvm.map_or(serde_json::json!("stub"), serde_json::Value::from);
+    assert_eq!(
+        r["microvm"], expected,
+        "evaluated against the wrong microvm.nix"
+    );
 }
 
 /// A typical policy compiled by lib/policy.nix passes the Rust validator.
