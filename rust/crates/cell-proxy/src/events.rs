@@ -5,6 +5,12 @@
 //! behind a bounded queue: a flood of queries can fill the queue, in which
 //! case events are counted and dropped (and the count is logged as an event
 //! of its own) rather than slowing DNS down or growing memory.
+//!
+//! A file log is bounded on disk too: past `max_bytes` it is renamed to
+//! `FILE.1` (and `FILE.1` to `FILE.2` …, keeping `keep` of them) and a new
+//! file started, between two lines, so no line is ever split. cell-proxy owns
+//! this rotation because a hardened logrotate (nixpkgs keeps it to
+//! CAP_CHOWN/CAP_SETGID without @privileged) cannot `su` to the log's owner.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -42,15 +48,105 @@ pub struct EventLog {
 
 const QUEUE: usize = 8192;
 
+/// How large a file log may grow, and how many rotated files to keep.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// Rotate before a line would take the file past this; 0: never rotate.
+    pub max_bytes: u64,
+    /// Rotated files kept (`FILE.1` newest … `FILE.keep` oldest); 0: none,
+    /// the file just starts again.
+    pub keep: u32,
+}
+
+/// A log file that rotates itself by size (see the module docs).
+struct RotatingFile {
+    path: PathBuf,
+    file: std::fs::File,
+    size: u64,
+    bounds: Bounds,
+}
+
+impl RotatingFile {
+    fn open(path: &std::path::Path, bounds: Bounds) -> std::io::Result<Self> {
+        let file = Self::open_file(path)?;
+        let size = file.metadata()?.len();
+        Ok(RotatingFile {
+            path: path.to_path_buf(),
+            file,
+            size,
+            bounds,
+        })
+    }
+
+    fn open_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+    }
+
+    fn numbered(&self, n: u32) -> PathBuf {
+        let mut p = self.path.clone().into_os_string();
+        p.push(format!(".{n}"));
+        p.into()
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        let keep = self.bounds.keep;
+        if keep == 0 {
+            std::fs::remove_file(&self.path)?;
+        } else {
+            for n in (1..keep).rev() {
+                match std::fs::rename(self.numbered(n), self.numbered(n + 1)) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+            }
+            std::fs::rename(&self.path, self.numbered(1))?;
+        }
+        self.file = Self::open_file(&self.path)?;
+        self.size = 0;
+        Ok(())
+    }
+
+    /// Writes one whole line (with its newline), rotating first if it would
+    /// not fit.
+    fn write_line(&mut self, line: &str) -> std::io::Result<()> {
+        let len = line.len() as u64 + 1;
+        if self.bounds.max_bytes > 0 && self.size > 0 && self.size + len > self.bounds.max_bytes {
+            self.rotate()?;
+        }
+        let mut buf = Vec::with_capacity(line.len() + 1);
+        buf.extend_from_slice(line.as_bytes());
+        buf.push(b'\n');
+        self.file.write_all(&buf)?;
+        self.size += len;
+        Ok(())
+    }
+}
+
+enum Out {
+    Stdout(std::io::Stdout),
+    File(RotatingFile),
+}
+
+impl Out {
+    fn write_line(&mut self, line: &str) -> std::io::Result<()> {
+        match self {
+            Out::Stdout(s) => writeln!(s, "{line}").and_then(|_| s.flush()),
+            Out::File(f) => f.write_line(line),
+        }
+    }
+}
+
 impl EventLog {
-    pub fn open(sink: &Sink) -> anyhow::Result<Self> {
-        let mut out: Box<dyn Write + Send> = match sink {
-            Sink::Stdout => Box::new(std::io::stdout()),
-            Sink::File(p) => Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)
+    pub fn open(sink: &Sink, bounds: Bounds) -> anyhow::Result<Self> {
+        let mut out = match sink {
+            Sink::Stdout => Out::Stdout(std::io::stdout()),
+            Sink::File(p) => Out::File(
+                RotatingFile::open(p, bounds)
                     .with_context(|| format!("opening event log {}", p.display()))?,
             ),
         };
@@ -63,14 +159,13 @@ impl EventLog {
                 while let Ok(line) = rx.recv() {
                     let lost = counter.swap(0, Ordering::Relaxed);
                     if lost > 0 {
-                        let _ = writeln!(
-                            out,
-                            "{}",
-                            line_for(event("events-dropped", [("count", lost.into())]))
-                        );
+                        let _ = out.write_line(&line_for(event(
+                            "events-dropped",
+                            [("count", lost.into())],
+                        )));
                     }
-                    if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
-                        tracing::error!("event log write failed; events are being lost");
+                    if let Err(e) = out.write_line(&line) {
+                        tracing::error!("event log write failed ({e}); events are being lost");
                     }
                 }
             })
@@ -109,4 +204,99 @@ fn line_for(mut fields: Map<String, Value>) -> String {
             .into(),
     );
     Value::Object(fields).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Past max_bytes the log rotates between lines: every file stays within
+    /// the bound, no line is split or lost across the files kept, only `keep`
+    /// rotated files remain, and the oldest lines are the ones dropped.
+    #[test]
+    fn the_file_log_rotates_by_size_and_keeps_whole_lines() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("events.jsonl");
+        let bounds = Bounds {
+            max_bytes: 1000,
+            keep: 2,
+        };
+        let mut f = RotatingFile::open(&path, bounds).unwrap();
+        let lines: Vec<String> = (0..100)
+            .map(|i| format!("{{\"n\":{i:03},\"pad\":\"{}\"}}", "x".repeat(40)))
+            .collect();
+        for l in &lines {
+            f.write_line(l).unwrap();
+        }
+        let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap();
+        let names = ["events.jsonl.2", "events.jsonl.1", "events.jsonl"];
+        let mut kept = Vec::new();
+        for n in names {
+            let p = d.path().join(n);
+            let text = read(&p);
+            assert!(
+                text.len() as u64 <= bounds.max_bytes,
+                "{n}: {} bytes",
+                text.len()
+            );
+            assert!(text.ends_with('\n'), "{n} ends mid-line");
+            kept.extend(text.lines().map(str::to_string));
+        }
+        assert!(
+            !d.path().join("events.jsonl.3").exists(),
+            "more than `keep` files"
+        );
+        // What is kept is the newest lines, whole and in order.
+        assert_eq!(kept, lines[lines.len() - kept.len()..].to_vec());
+        assert!(kept.len() >= 30, "{} lines kept", kept.len());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // An existing file counts towards the bound after a restart.
+        drop(f);
+        let size = std::fs::metadata(&path).unwrap().len();
+        let mut f = RotatingFile::open(&path, bounds).unwrap();
+        let big = "y".repeat((bounds.max_bytes - size) as usize);
+        f.write_line(&big).unwrap();
+        assert_eq!(
+            read(&path),
+            format!("{big}\n"),
+            "rotated before the line that did not fit"
+        );
+    }
+
+    /// keep = 0: the file starts again, nothing rotated is left; max_bytes = 0
+    /// never rotates.
+    #[test]
+    fn keep_zero_truncates_and_max_zero_never_rotates() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("e");
+        let mut f = RotatingFile::open(
+            &path,
+            Bounds {
+                max_bytes: 100,
+                keep: 0,
+            },
+        )
+        .unwrap();
+        for _ in 0..20 {
+            f.write_line(&"z".repeat(30)).unwrap();
+        }
+        assert!(std::fs::metadata(&path).unwrap().len() <= 100);
+        assert!(!d.path().join("e.1").exists());
+        let path = d.path().join("u");
+        let mut f = RotatingFile::open(
+            &path,
+            Bounds {
+                max_bytes: 0,
+                keep: 3,
+            },
+        )
+        .unwrap();
+        for _ in 0..20 {
+            f.write_line(&"z".repeat(30)).unwrap();
+        }
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 20 * 31);
+        assert!(!d.path().join("u.1").exists());
+    }
 }

@@ -111,6 +111,15 @@ struct Cli {
     #[arg(long, default_value = "-", value_name = "FILE|-")]
     events: Sink,
 
+    /// Rotate the event log file before it would grow past this many bytes
+    /// (renamed to FILE.1, FILE.1 to FILE.2, …); 0 never rotates.
+    #[arg(long, default_value_t = 16 << 20, value_name = "BYTES")]
+    events_max_bytes: u64,
+
+    /// How many rotated event log files to keep (FILE.1 … FILE.N); 0 keeps none.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    events_keep: u32,
+
     /// Where the cell CA lives (`ca.key` mode 0600, `ca.crt` for the agent); created on first start.
     #[arg(long, default_value = "/var/lib/cell-proxy", value_name = "DIR")]
     state_dir: PathBuf,
@@ -258,7 +267,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         println!("{}", nft::compile(&policy, &params).to_json());
         return Ok(());
     }
-    let events = EventLog::open(&cli.events)?;
+    let events = EventLog::open(
+        &cli.events,
+        events::Bounds {
+            max_bytes: cli.events_max_bytes,
+            keep: cli.events_keep,
+        },
+    )?;
     let sources = Sources {
         policy: cli.policy.clone(),
         overlay: cli.overlay.clone(),
