@@ -3,7 +3,13 @@
 #
 #   cell.lib.mkCell {
 #     modules = [ { cell.policy.https."api.anthropic.com" = { }; } ];
-#     agentModules = [ { cell.agent.harnesses = [ "claude" ]; } ];
+#     agentModules = [
+#       ({ lib, ... }: {
+#         cell.agent.harnesses = [ "claude" ];
+#         # claude-code is unfree; the modules never set nixpkgs.config.
+#         nixpkgs.config.allowUnfreePredicate = pkg: lib.getName pkg == "claude-code";
+#       })
+#     ];
 #   }
 #
 # `modules` go to both VMs (they share the `cell.*` namespace: the policy,
