@@ -94,8 +94,8 @@ rec {
     ])
   ];
 
-  # networkd.nix check.link.sectionLink (the [Link] section of .link files),
-  # with the keys of the current declaration.
+  # networkd.nix check.link.sectionLink (the [Link] section of .link files):
+  # every key the current declaration allows.
   checkLinkLink = checkUnitConfig "Link" [
     (onlyFields [
       "Description"
@@ -135,6 +135,51 @@ rec {
       "CombinedChannels"
       "RxBufferSize"
       "TxBufferSize"
+      "ReceivePacketSteeringCPUMask"
+      "ReceiveVLANCTAGHardwareAcceleration"
+      "TransmitVLANCTAGHardwareAcceleration"
+      "ReceiveVLANCTAGFilter"
+      "TransmitVLANSTAGHardwareAcceleration"
+      "NTupleFilter"
+      "ReceiveFCS"
+      "ReceiveAll"
+      "RxMiniBufferSize"
+      "RxJumboBufferSize"
+      "RxFlowControl"
+      "TxFlowControl"
+      "AutoNegotiationFlowControl"
+      "GenericSegmentOffloadMaxBytes"
+      "GenericSegmentOffloadMaxSegments"
+      "UseAdaptiveRxCoalesce"
+      "UseAdaptiveTxCoalesce"
+      "RxCoalesceSec"
+      "RxCoalesceIrqSec"
+      "RxCoalesceLowSec"
+      "RxCoalesceHighSec"
+      "TxCoalesceSec"
+      "TxCoalesceIrqSec"
+      "TxCoalesceLowSec"
+      "TxCoalesceHighSec"
+      "RxMaxCoalescedFrames"
+      "RxMaxCoalescedIrqFrames"
+      "RxMaxCoalescedLowFrames"
+      "RxMaxCoalescedHighFrames"
+      "TxMaxCoalescedFrames"
+      "TxMaxCoalescedIrqFrames"
+      "TxMaxCoalescedLowFrames"
+      "TxMaxCoalescedHighFrames"
+      "CoalescePacketRateLow"
+      "CoalescePacketRateHigh"
+      "CoalescePacketRateSampleIntervalSec"
+      "StatisticsBlockCoalesceSec"
+      "MDI"
+      "SR-IOVVirtualFunctions"
+      "ScatterGather"
+      "ScatterGatherFragmentList"
+      "TCPECNSegmentationOffload"
+      "TCPMangleIdSegmentationOffload"
+      "GenericReceiveOffloadList"
+      "GenericReceiveOffloadUDPForwarding"
     ])
     (oneOf "MACAddressPolicy" [
       "persistent"
