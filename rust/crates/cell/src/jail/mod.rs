@@ -1,0 +1,90 @@
+//! `cell jail -- CMD`: the firewall without a VM.
+//!
+//! ```text
+//!   host netns: cell-proxy ──(its own upstream connections)──► internet
+//!                   │ listeners and nftables live in ▼
+//!   cell-jail-<pid>-fw:  agent0 10.89.0.1   (no uplink; the default route points back at the agent)
+//!                   │ veth
+//!   cell-jail-<pid>-agent: eth0 10.89.0.2, default via the firewall, resolv.conf → 10.89.0.1
+//!                   CMD runs here
+//! ```
+//!
+//! The firewall namespace has no uplink: nothing the command sends can leave
+//! except through the proxy's decisions. The isolation is weaker than the VM
+//! (a shared kernel), the policy is the same. Everything created is removed
+//! when the command exits, also on Ctrl-C or an error.
+//!
+//! Linux only: namespaces, veth pairs and nftables are Linux kernel features, and
+//! the Linux side ([`linux`]) is the only module of the CLI that uses them. On
+//! other systems the command exists (its `--help` too) and says to use the VM.
+
+#[cfg(target_os = "linux")]
+mod linux;
+#[cfg(target_os = "linux")]
+pub use linux::run;
+
+use std::path::PathBuf;
+
+/// Exit status when the jail itself failed (the command's own status otherwise).
+pub const JAIL_FAILED: u8 = 125;
+
+const AFTER_HELP: &str = "\
+Examples:
+  cell jail --allow api.anthropic.com --allow '*.github.com' -- claude
+  cell jail --policy policy.json --allow pypi.org -- pip install requests
+  cell jail --allow-tcp github.com:22 -- git clone git@github.com:org/repo.git
+
+The command sees only the firewall: DNS answers for allowed names, HTTPS to them
+(intercepted with a per-run CA that is offered through SSL_CERT_FILE, NIX_SSL_CERT_FILE,
+NODE_EXTRA_CA_CERTS, REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE and GIT_SSL_CAINFO), and
+the TCP ports you allowed. Anything else fails at once with a reason.
+Exit status: the command's; 125 when the jail itself could not be set up.
+Linux only; needs root (network namespaces, nftables). Isolation is a shared kernel:
+for an agent that may try to escape, and on macOS, use the VM (`cell`).";
+
+#[derive(clap::Args)]
+#[command(after_help = AFTER_HELP)]
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))] // read by the Linux side only
+pub struct Args {
+    /// Policy document (JSON, see docs/policy.md); --allow entries are added to it.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+
+    /// Allow HTTPS to HOST (`api.example.com` or `*.example.com`). Repeatable.
+    #[arg(long = "allow", value_name = "HOST")]
+    allow: Vec<String>,
+
+    /// Allow plain TCP to HOST:PORT (`github.com:22`). Repeatable.
+    #[arg(long = "allow-tcp", value_name = "HOST:PORT")]
+    allow_tcp: Vec<String>,
+
+    /// Resolver the proxy uses for allowed names (default: the host's resolv.conf). Repeatable.
+    #[arg(long = "dns-upstream", value_name = "IP[:PORT]")]
+    dns_upstream: Vec<String>,
+
+    /// Extra CA (PEM) the proxy trusts for upstream servers. Repeatable.
+    #[arg(long, value_name = "FILE")]
+    upstream_ca: Vec<PathBuf>,
+
+    /// The cell-proxy binary (default: next to this one, then $PATH).
+    #[arg(long, value_name = "PATH")]
+    proxy: Option<PathBuf>,
+
+    /// Keep the run directory (event log, CA, proxy log) and print where it is.
+    #[arg(long)]
+    keep: bool,
+
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+/// Off Linux there are no network namespaces: the VM (`cell`) is the way to
+/// run a command behind the firewall.
+#[cfg(not(target_os = "linux"))]
+pub fn run(_args: Args) -> anyhow::Result<u8> {
+    anyhow::bail!(
+        "this needs Linux network namespaces; on macOS use the VM (`cell`), \
+         which enforces the same policy"
+    )
+}
