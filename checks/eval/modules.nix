@@ -702,25 +702,33 @@ in
     ])
 
   # --- the stubs themselves: a looser stub is a test that cannot fail ------
-  (eq "stubs: NixOS defaults as nixpkgs declares them (sshd opens the firewall, nftables flushes the ruleset)"
+  (eq "stubs: NixOS defaults as nixpkgs declares them (sshd opens the firewall; an enabled nftables on a pre-23.11 stateVersion flushes the whole ruleset)"
     (
       let
         c = eval { modules = [ ]; };
+        old = eval { modules = [{ networking.nftables.enable = true; system.stateVersion = "23.05"; }]; };
       in
       [
         c.services.openssh.openFirewall
         c.networking.nftables.flushRuleset
+        old.networking.nftables.flushRuleset
         c.networking.firewall.enable
         c.services.openssh.settings.PermitRootLogin
         c.networking.useDHCP
+        c.services.logrotate.enable
       ]
     ) [
     true
+    false
     true
     true
     "prohibit-password"
     true
+    false
   ])
+  (eq "firewall: keeps cell-proxy's nftables table even where NixOS would flush the ruleset (old stateVersion)"
+    (firewall [{ system.stateVersion = "23.05"; }]).networking.nftables.flushRuleset
+    false)
   (eq "stubs: networkd sections refuse keys and values nixpkgs' checkUnitConfig refuses"
     (map (m: throws (eval { modules = [ m ]; }).systemd.network) [
       { systemd.network.networks.x.networkConfig.Bogus = true; }

@@ -9,9 +9,15 @@
 # NixOS does with the values: the VM tests in checks/vm do, on a machine
 # with Nix and KVM. The nixpkgs.* options are in ./nixpkgs-stub.nix and
 # ./nixpkgs-read-only-stub.nix.
-{ lib, pkgs, ... }:
+{ config, lib, pkgs, ... }:
 let
   inherit (lib) mkOption types;
+  # services/networking/firewall.nix: port lists are sorted and deduplicated.
+  ports = mkOption {
+    type = types.listOf types.port;
+    default = [ ];
+    apply = ps: lib.unique (builtins.sort builtins.lessThan ps);
+  };
   sd = import ./systemd-stub.nix { inherit lib; };
   opt = type: default: mkOption { inherit type default; };
   list = t: opt (types.listOf t) [ ];
@@ -66,17 +72,20 @@ in
       nameservers = list types.str;
       hostName = opt (types.strMatching "^$|^[[:alnum:]]([[:alnum:]_-]{0,61}[[:alnum:]])?$") "nixos";
       hostId = opt (types.nullOr (types.strMatching "[0-9a-f]{8}")) null;
-      # services/networking/nftables.nix
+      # services/networking/nftables.nix: flushRuleset is an mkEnableOption
+      # (false), but see `config` below.
       nftables = {
         enable = bool false;
-        flushRuleset = bool true;
+        flushRuleset = bool false;
+        ruleset = opt types.lines "";
+        rulesetFile = opt (types.nullOr types.path) null;
       };
       # services/networking/firewall.nix
       firewall = {
         enable = bool true;
         trustedInterfaces = list types.str;
-        allowedTCPPorts = list types.port;
-        interfaces = opt (types.attrsOf (types.submodule { options.allowedTCPPorts = list types.port; })) { };
+        allowedTCPPorts = ports;
+        interfaces = opt (types.attrsOf (types.submodule { options.allowedTCPPorts = ports; })) { };
       };
     };
 
@@ -163,10 +172,21 @@ in
     # programs/ssh.nix
     programs.ssh.extraConfig = opt types.lines "";
     # services/logging/logrotate.nix (cell no longer writes it; the checks
-    # prove that)
+    # prove that): enabled as soon as any enabled section exists.
     services.logrotate = {
-      enable = bool false;
-      settings = opt (types.attrsOf (types.submodule { freeformType = types.attrsOf types.anything; })) { };
+      enable = opt types.bool (lib.any (s: s.enable) (lib.attrValues config.services.logrotate.settings));
+      settings = opt
+        (types.attrsOf (types.submodule ({ name, ... }: {
+          freeformType = types.attrsOf (types.nullOr (types.oneOf [ types.int types.bool types.str ]));
+          options = {
+            enable = bool true;
+            global = bool false;
+            files = opt (types.either types.str (types.listOf types.str)) name;
+            frequency = opt (types.nullOr types.str) null;
+            priority = opt types.int 1000;
+          };
+        })))
+        { };
     };
 
     # config/users-groups.nix
@@ -243,11 +263,24 @@ in
     # system/activation/top-level.nix, system/boot/kernel.nix
     system.build = opt (types.submoduleWith { modules = [{ freeformType = types.lazyAttrsOf (types.uniq types.unspecified); }]; }) { };
     system.boot.loader.initrdFile = opt types.str "initrd";
+    # misc/version.nix (default: this nixpkgs' release)
+    system.stateVersion = opt types.str lib.trivial.release;
   };
 
-  # What the real modules put there; fixed fakes here.
-  config.system.build = {
-    toplevel = pkgs.fakeDerivation "nixos-system";
-    initialRamdisk = pkgs.fakeDerivation "initrd";
+  config = {
+    # What the real modules put there; fixed fakes here.
+    system.build = {
+      toplevel = pkgs.fakeDerivation "nixos-system";
+      initialRamdisk = pkgs.fakeDerivation "initrd";
+    };
+    # services/networking/nftables.nix: an enabled nftables flushes the
+    # whole ruleset on configurations older than 23.11 or with a ruleset.
+    networking.nftables.flushRuleset = lib.mkIf config.networking.nftables.enable (
+      lib.mkDefault (
+        lib.versionOlder config.system.stateVersion "23.11"
+        || config.networking.nftables.rulesetFile != null
+        || config.networking.nftables.ruleset != ""
+      )
+    );
   };
 }

@@ -138,7 +138,7 @@ fn module_evaluation_tests_pass() {
         args.extend(["--argstr", "microvm", dir]);
     }
     let r = eval_json(&args);
-    assert!(r["cases"].as_u64().unwrap() >= 58, "{r}");
+    assert!(r["cases"].as_u64().unwrap() >= 59, "{r}");
     assert_eq!(r["failures"], serde_json::json!([]), "{r:#}");
     let expected = microvm.map_or(serde_json::json!("stub"), serde_json::Value::from);
     assert_eq!(
