@@ -53,16 +53,16 @@ let
   );
 in
 rec {
-  # systemd-unit-options.nix: lists concatenate, anything else must agree.
+  # systemd-unit-options.nix: if any definition is a list, all are
+  # concatenated (single values as one-element lists); else they must agree.
   unitOption = lib.mkOptionType {
     name = "systemd option";
-    description = "systemd option";
     merge = loc: defs:
       let
         defs' = lib.filterOverrides defs;
       in
-      if lib.isList (lib.head defs').value then
-        lib.concatMap (def: if lib.isList def.value then def.value else throw "${lib.showOption loc}: a mix of list and non-list definitions") defs'
+      if lib.any (def: lib.isList def.value) defs' then
+        lib.concatMap (def: lib.toList def.value) defs'
       else
         lib.mergeEqualOption loc defs';
   };
@@ -89,7 +89,6 @@ rec {
       "on-failure"
       "on-abnormal"
       "on-abort"
-      "on-watchdog"
       "always"
     ])
   ];
