@@ -46,21 +46,15 @@
         };
     in
     {
-      # The Rust binaries, built once from rust/ (see pkgs/default.nix).
+      # The Rust binaries, built once from rust/ (see pkgs/default.nix), per
+      # system only what builds there: cell, cell-proxy, cell-lab and
+      # cell-workspace on Linux; cell alone on macOS.
       packages = forAllSystems (
         pkgs:
         let
-          cell = pkgs.callPackage ./pkgs { };
+          cell = pkgs.callPackages ./pkgs { };
         in
-        {
-          inherit (cell)
-            cell-workspace
-            cell
-            cell-proxy
-            cell-lab
-            ;
-          default = cell.cell;
-        }
+        cell // { default = cell.cell; }
       );
 
       # `nix run .#cell`: the host CLI.
@@ -146,7 +140,8 @@
 
       devShells = forAllSystems (pkgs: {
         default = pkgs.mkShell {
-          inputsFrom = [ self.packages.${pkgs.stdenv.hostPlatform.system}.cell-workspace ];
+          # The Rust build's toolchain (the whole workspace on Linux, the CLI on macOS).
+          inputsFrom = [ self.packages.${pkgs.stdenv.hostPlatform.system}.cell.unwrapped ];
           packages = [
             pkgs.cargo-nextest
             pkgs.clippy

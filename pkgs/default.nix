@@ -1,5 +1,11 @@
-# The cell binaries. One derivation compiles the whole Cargo workspace (shared
-# dependencies are built once); the per-binary packages are thin views of it.
+# The cell binaries, per system: only what builds there.
+#
+# On Linux one derivation compiles the whole Cargo workspace (shared
+# dependencies are built once) and the per-binary packages are thin views of
+# it. Elsewhere (macOS) it builds only the host CLI: cell-netns (setns),
+# cell-proxy (netlink, SO_ORIGINAL_DST) and cell-lab use Linux-only APIs, and
+# the `cell` crate takes cell-netns on Linux only (`cell jail`).
+# rust/crates/cell/tests/platforms.rs keeps the CLI's macOS graph free of them.
 { lib
 , stdenv
 , rustPlatform
@@ -12,8 +18,10 @@
 }:
 let
   manifest = lib.importTOML ../rust/Cargo.toml;
+  inherit (stdenv.hostPlatform) isLinux;
 
-  cell-workspace = rustPlatform.buildRustPackage {
+  # The Rust build: every crate on Linux, only the `cell` crate elsewhere.
+  cell-workspace = rustPlatform.buildRustPackage ({
     pname = "cell";
     inherit (manifest.workspace.package) version;
 
@@ -32,16 +40,22 @@ let
     doCheck = false;
 
     meta = {
-      description = "cell: host CLI, firewall daemon and namespace lab";
+      description =
+        if isLinux then "cell: host CLI, firewall daemon and namespace lab" else "cell: the host CLI";
       homepage = "https://github.com/cell-sandbox/cell";
       license = [
         lib.licenses.mit
         lib.licenses.asl20
       ];
-      mainProgram = "cell-proxy";
+      mainProgram = if isLinux then "cell-proxy" else "cell";
       platforms = lib.platforms.unix;
     };
-  };
+  }
+  // lib.optionalAttrs (!isLinux) {
+    # Only on macOS, so the Linux derivation stays as it was.
+    cargoBuildFlags = [ "--package" "cell" ];
+    cargoTestFlags = [ "--package" "cell" ];
+  });
 
   # A package that exposes one binary of the workspace build.
   binary =
@@ -50,6 +64,7 @@ let
       {
         meta = cell-workspace.meta // {
           mainProgram = name;
+          platforms = lib.platforms.linux;
         };
       }
       ''
@@ -61,11 +76,12 @@ let
   cellTools = [ openssh ] ++ (if stdenv.hostPlatform.isDarwin then [ vfkit ] else [ qemu_kvm ]);
 in
 {
-  inherit cell-workspace;
   cell =
     runCommand "cell"
       {
         nativeBuildInputs = [ makeWrapper ];
+        # The Rust build (the devShell takes its toolchain from it).
+        passthru.unwrapped = cell-workspace;
         meta = cell-workspace.meta // {
           mainProgram = "cell";
         };
@@ -74,6 +90,9 @@ in
         makeWrapper ${cell-workspace}/bin/cell $out/bin/cell \
           --suffix PATH : ${lib.makeBinPath cellTools}
       '';
+}
+  // lib.optionalAttrs isLinux {
+  inherit cell-workspace;
   cell-proxy = binary "cell-proxy";
   cell-lab = binary "cell-lab";
 }
