@@ -15,24 +15,40 @@ use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseI
 use hickory_server::zone_handler::MessageResponseBuilder;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// Name → (addresses, TTL).
+type Records = HashMap<String, (Vec<Ipv4Addr>, u32)>;
+
 /// An authoritative server for test zones that logs every question it receives.
 #[derive(Clone, Default)]
 pub struct FakeResolver {
-    records: Arc<HashMap<String, Vec<Ipv4Addr>>>,
+    records: Arc<Mutex<Records>>,
     log: Arc<Mutex<Vec<(String, RecordType)>>>,
 }
 
 impl FakeResolver {
     /// A name listed several times gets several A records.
     pub fn new(records: &[(&str, Ipv4Addr)]) -> Self {
-        let mut map: HashMap<String, Vec<Ipv4Addr>> = HashMap::new();
+        let mut map: HashMap<String, (Vec<Ipv4Addr>, u32)> = HashMap::new();
         for (n, a) in records {
-            map.entry(n.to_ascii_lowercase()).or_default().push(*a);
+            map.entry(n.to_ascii_lowercase())
+                .or_insert_with(|| (Vec::new(), 30))
+                .0
+                .push(*a);
         }
         FakeResolver {
-            records: Arc::new(map),
+            records: Arc::new(Mutex::new(map)),
             log: Arc::default(),
         }
+    }
+
+    /// Answers `name` with `addrs` from now on, with TTL 0 so that nobody
+    /// caches it: a hostile domain's DNS, which can say something else on
+    /// every query (DNS rebinding).
+    pub fn set(&self, name: &str, addrs: &[Ipv4Addr]) {
+        self.records
+            .lock()
+            .expect("records lock")
+            .insert(name.to_ascii_lowercase(), (addrs.to_vec(), 0));
     }
 
     /// Every (name, type) asked so far, names lowercased without the trailing dot.
@@ -81,12 +97,18 @@ impl RequestHandler for FakeResolver {
                     .lock()
                     .expect("log lock")
                     .push((key.clone(), qtype));
-                match self.records.get(&key) {
-                    Some(addrs) if qtype == RecordType::A => {
+                let known = self
+                    .records
+                    .lock()
+                    .expect("records lock")
+                    .get(&key)
+                    .cloned();
+                match known {
+                    Some((addrs, ttl)) if qtype == RecordType::A => {
                         records.extend(
                             addrs
                                 .iter()
-                                .map(|a| Record::from_rdata(name.clone(), 30, RData::A(A(*a)))),
+                                .map(|a| Record::from_rdata(name.clone(), ttl, RData::A(A(*a)))),
                         );
                     }
                     Some(_) => {}

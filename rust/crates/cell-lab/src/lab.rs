@@ -312,6 +312,16 @@ impl Lab {
         Ok(rec)
     }
 
+    /// A TCP echo recorder in any of the lab's namespaces (the firewall's
+    /// own services, for SSRF tests).
+    pub fn tcp_recorder_in(&self, ns: &Netns, addr: SocketAddr) -> anyhow::Result<Recorder> {
+        let l = ns.run(move || std::net::TcpListener::bind(addr))??;
+        let rec = Recorder::default();
+        let _guard = self.runtime.enter();
+        rec.serve_tcp(l)?;
+        Ok(rec)
+    }
+
     /// A UDP echo recorder in the internet namespace.
     pub fn udp_recorder(&self, addr: SocketAddr) -> anyhow::Result<Recorder> {
         let s = self

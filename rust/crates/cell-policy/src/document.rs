@@ -105,6 +105,11 @@ pub struct HttpsRule {
     /// Check the SNI only and relay the TLS bytes untouched (no interception).
     #[serde(default, skip_serializing_if = "is_false")]
     pub passthrough: bool,
+    /// Allow upstream addresses in private and shared ranges (RFC 1918,
+    /// RFC 6598, ULA, …) for this host: a service inside a corporate network.
+    /// Never loopback, link-local, the firewall or the agent link.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub private_upstream: bool,
     /// Free text shown next to this entry by `cell policy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
@@ -121,6 +126,9 @@ pub struct TcpRule {
     pub allow_any_host: bool,
     /// Ports; at least one.
     pub ports: Vec<u16>,
+    /// As for HTTPS entries: private and shared upstream ranges allowed.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub private_upstream: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
 }

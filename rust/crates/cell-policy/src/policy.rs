@@ -54,6 +54,8 @@ pub struct HttpsEntry {
     pub methods: Option<Vec<String>>,
     pub paths: Option<Vec<PathPattern>>,
     pub passthrough: bool,
+    /// Private and shared upstream ranges allowed ([`crate::upstream`]).
+    pub private_upstream: bool,
     pub comment: Option<String>,
     pub origin: Origin,
 }
@@ -63,6 +65,8 @@ pub struct HttpsEntry {
 pub struct TcpEntry {
     pub pattern: HostPattern,
     pub ports: Vec<u16>,
+    /// Private and shared upstream ranges allowed ([`crate::upstream`]).
+    pub private_upstream: bool,
     pub comment: Option<String>,
     pub origin: Origin,
 }
@@ -327,6 +331,7 @@ impl Checker {
             methods,
             paths,
             passthrough: r.passthrough,
+            private_upstream: r.private_upstream,
             comment: r.comment.clone(),
             origin: Origin {
                 source,
@@ -348,6 +353,7 @@ impl Checker {
         Some(TcpEntry {
             pattern: pattern?,
             ports,
+            private_upstream: r.private_upstream,
             comment: r.comment.clone(),
             origin: Origin {
                 source,

@@ -228,19 +228,53 @@ impl DnsHandler {
                     };
                 };
                 match fwd.lookup_a(&name).await {
-                    Ok(Some(addrs)) => Answer {
-                        records: addrs
-                            .into_iter()
-                            .map(|(ip, ttl)| {
-                                Record::from_rdata(
-                                    qname.clone(),
-                                    ttl.min(policy.dns.ttl),
-                                    RData::A(A(ip)),
-                                )
-                            })
-                            .collect(),
-                        ..Answer::empty("forward", Some(origin.to_string()))
-                    },
+                    Ok(Some(addrs)) => {
+                        // The same guard as the proxy's own upstream connections: a
+                        // forwarded answer never points the agent at loopback, the
+                        // firewall, link-local (metadata) or, outside the `cidr`
+                        // entries that route it, a private range.
+                        let guard = self.state.upstream_guard(&policy);
+                        let (addrs, refused): (Vec<_>, Vec<_>) =
+                            addrs.into_iter().partition(|(ip, _)| {
+                                let routed = policy.cidr.iter().any(|c| c.net.contains(ip));
+                                guard.check(std::net::IpAddr::V4(*ip), routed).is_none()
+                            });
+                        let why = (!refused.is_empty()).then(|| {
+                            let list: Vec<String> = refused
+                                .iter()
+                                .map(|(ip, _)| {
+                                    let r = guard
+                                        .check(std::net::IpAddr::V4(*ip), false)
+                                        .map(|r| r.to_string())
+                                        .unwrap_or_default();
+                                    format!("{ip} ({r})")
+                                })
+                                .collect();
+                            format!("upstream answer refused: {}", list.join(", "))
+                        });
+                        if addrs.is_empty() && why.is_some() {
+                            return Answer {
+                                rcode: ResponseCode::NXDomain,
+                                blocked: why.clone(),
+                                reason: why,
+                                ..Answer::empty("deny", Some(origin.to_string()))
+                            };
+                        }
+                        Answer {
+                            reason: why,
+                            records: addrs
+                                .into_iter()
+                                .map(|(ip, ttl)| {
+                                    Record::from_rdata(
+                                        qname.clone(),
+                                        ttl.min(policy.dns.ttl),
+                                        RData::A(A(ip)),
+                                    )
+                                })
+                                .collect(),
+                            ..Answer::empty("forward", Some(origin.to_string()))
+                        }
+                    }
                     Ok(None) => Answer {
                         rcode: ResponseCode::NXDomain,
                         ..Answer::empty("forward", Some(origin.to_string()))

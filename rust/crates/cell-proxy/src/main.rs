@@ -371,6 +371,14 @@ async fn serve(
         Some(ns) => cell_netns::run_in(ns, bind)??,
         None => bind()?,
     };
+    // The agent link is never an upstream (cell_policy::upstream).
+    let agent_nets = match &state.sources.netns {
+        Some(ns) => cell_netns::run_in(ns, || state::local_addresses(Some(&params.agent_iface)))?,
+        None => state::local_addresses(Some(&params.agent_iface)),
+    };
+    let _ = state
+        .agent_nets
+        .set(agent_nets.iter().map(ipnet::IpNet::trunc).collect());
     let tokio_listener = |l: std::net::TcpListener| -> anyhow::Result<tokio::net::TcpListener> {
         l.set_nonblocking(true)?;
         Ok(tokio::net::TcpListener::from_std(l)?)

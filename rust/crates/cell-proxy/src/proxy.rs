@@ -27,6 +27,7 @@ use anyhow::{Context, anyhow, bail};
 use bytes::Bytes;
 use cell_policy::path::normalize_request_path;
 use cell_policy::policy::HttpsEntry;
+use cell_policy::upstream::Refusal;
 use cell_policy::{ConnDecision, DenyReason, normalize_host};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
@@ -320,6 +321,32 @@ impl Proxy {
             ConnDecision::Https(e) => (e.origin.to_string(), Some(e.passthrough)),
         };
         drop(policy);
+        // A plain TCP entry is connected before the tunnel is granted, so a
+        // refused or unreachable upstream is a 403 / 502 that says why rather
+        // than a tunnel that closes. (HTTPS entries connect once the
+        // ClientHello has shown the SNI: an invented name under a wildcard is
+        // never looked up for a client that is not speaking TLS to it.)
+        let upstream = match kind {
+            None => match self.connect_upstream(&c).await {
+                Ok(up) => Some(up),
+                Err(e) => {
+                    let resp = match e.downcast_ref::<UpstreamRefused>() {
+                        Some(refused) => deny_response(
+                            StatusCode::FORBIDDEN,
+                            &refused.to_string(),
+                            &refused.fix(),
+                        ),
+                        None => text_response(
+                            StatusCode::BAD_GATEWAY,
+                            format!("cell: could not reach {}:{}: {e:#}\n", c.name, c.port),
+                        ),
+                    };
+                    self.splice_event(&c, "tcp", &rule, Err(e), started);
+                    return resp;
+                }
+            },
+            Some(_) => None,
+        };
         let me = self.clone();
         tokio::spawn(async move {
             let Ok(upgraded) = hyper::upgrade::on(req).await else {
@@ -327,15 +354,16 @@ impl Proxy {
             };
             let tunnel = TokioIo::new(upgraded);
             let guard = c.clone();
-            match kind {
-                None => {
+            match (kind, upstream) {
+                (None, Some(up)) => {
                     me.guarded(&guard, async {
-                        let r = me.splice(tunnel, &c, Vec::new()).await;
+                        let r = me.relay(tunnel, up, Vec::new()).await;
                         me.splice_event(&c, "tcp", &rule, r, started);
                     })
                     .await
                 }
-                Some(passthrough) => {
+                (None, None) => {}
+                (Some(passthrough), _) => {
                     me.guarded(
                         &guard,
                         me.clone().tls(tunnel, c, rule, passthrough, started),
@@ -464,16 +492,24 @@ impl Proxy {
                     ("duration_ms", ms.into()),
                 ],
             ),
-            Err(e) => self.conn_event(
-                c,
-                vec![
-                    ("kind", kind.into()),
-                    ("decision", "error".into()),
-                    ("rule", rule.into()),
-                    ("reason", format!("{e:#}").into()),
-                    ("duration_ms", ms.into()),
-                ],
-            ),
+            Err(e) => {
+                // A refused upstream address is a denial, not a failure.
+                let decision = if e.downcast_ref::<UpstreamRefused>().is_some() {
+                    "deny"
+                } else {
+                    "error"
+                };
+                self.conn_event(
+                    c,
+                    vec![
+                        ("kind", kind.into()),
+                        ("decision", decision.into()),
+                        ("rule", rule.into()),
+                        ("reason", format!("{e:#}").into()),
+                        ("duration_ms", ms.into()),
+                    ],
+                )
+            }
         }
     }
 
@@ -481,20 +517,41 @@ impl Proxy {
     /// (an already-read ClientHello) is sent first.
     async fn splice<S: ClientStream>(
         &self,
-        mut down: S,
+        down: S,
         c: &Conn,
         prefix: Vec<u8>,
     ) -> anyhow::Result<(u64, u64)> {
-        let limits = self.state.policy().limits.clone();
-        let mut up = connect(
+        match self.connect_upstream(c).await {
+            Ok(up) => self.relay(down, up, prefix).await,
+            Err(e) => {
+                // Never an open-then-closed connection: the client learns at once.
+                down.abort();
+                Err(e)
+            }
+        }
+    }
+
+    async fn connect_upstream(&self, c: &Conn) -> anyhow::Result<TcpStream> {
+        let timeout = self.state.policy().limits.connect_timeout_ms;
+        connect(
             &self.state,
             &c.name,
             c.port,
-            Duration::from_millis(limits.connect_timeout_ms.into()),
+            Duration::from_millis(timeout.into()),
         )
-        .await?;
+        .await
+    }
+
+    /// Relays bytes both ways between the client and a connected upstream;
+    /// `prefix` (an already-read ClientHello) is sent first.
+    async fn relay<S: ClientStream>(
+        &self,
+        mut down: S,
+        mut up: TcpStream,
+        prefix: Vec<u8>,
+    ) -> anyhow::Result<(u64, u64)> {
+        let idle = Duration::from_secs(self.state.policy().limits.idle_timeout_secs.into());
         up.write_all(&prefix).await?;
-        let idle = Duration::from_secs(limits.idle_timeout_secs.into());
         let (a, b) = copy_with_idle(&mut down, &mut up, idle).await?;
         Ok((a + prefix.len() as u64, b))
     }
@@ -925,6 +982,14 @@ impl Proxy {
                 resp.map(|b| Metered::new(b, Arc::new(AtomicU64::new(0)), Some(done)).boxed())
             }
             Err(e) => {
+                if let Some(refused) = refused_in(&e) {
+                    return deny(
+                        StatusCode::FORBIDDEN,
+                        refused.to_string(),
+                        refused.fix(),
+                        "upstream-address",
+                    );
+                }
                 let why = format!("{:#}", anyhow!(e));
                 self.request_event(
                     c,
@@ -1044,6 +1109,23 @@ impl Proxy {
                 resp
             }
             Err(e) => {
+                if let Some(refused) = e.downcast_ref::<UpstreamRefused>() {
+                    self.request_event(
+                        c,
+                        &method,
+                        &path,
+                        "deny",
+                        Some(rule),
+                        Some("upstream-address"),
+                        403,
+                        started,
+                    );
+                    return deny_response(
+                        StatusCode::FORBIDDEN,
+                        &refused.to_string(),
+                        &refused.fix(),
+                    );
+                }
                 self.request_event(
                     c,
                     &method,
@@ -1288,7 +1370,72 @@ fn original_dst(stream: &TcpStream) -> anyhow::Result<SocketAddrV4> {
     ))
 }
 
-/// Resolves an allowed name upstream and connects, trying each address.
+/// An upstream connection refused for the address the name resolved to
+/// (`cell_policy::upstream`): a typed error, so that every caller can answer
+/// with the reason (403 or a reset) rather than a generic failure.
+#[derive(Debug)]
+pub struct UpstreamRefused {
+    pub name: String,
+    pub port: u16,
+    /// Each address the name resolved to, and why it was refused.
+    pub addrs: Vec<(IpAddr, Refusal)>,
+}
+
+impl UpstreamRefused {
+    /// Whether the entry's `privateUpstream` opt-in would allow it.
+    fn private_only(&self) -> bool {
+        self.addrs
+            .iter()
+            .all(|(_, r)| matches!(r, Refusal::Private(_)))
+    }
+
+    /// The fix for the 403's body.
+    fn fix(&self) -> String {
+        if self.private_only() {
+            format!(
+                "if {} really is a service on a private network, set `privateUpstream = true` on its entry (Nix: cell.policy.https.\"{}\".privateUpstream, or .tcp.)",
+                self.name, self.name
+            )
+        } else {
+            format!(
+                "nothing allows this: DNS for {} points at an address the firewall never connects to",
+                self.name
+            )
+        }
+    }
+}
+
+impl std::fmt::Display for UpstreamRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{} resolves to ", self.name, self.port)?;
+        for (i, (ip, why)) in self.addrs.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{ip} ({why})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for UpstreamRefused {}
+
+/// The [`UpstreamRefused`] anywhere in an error's chain.
+fn refused_in<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a UpstreamRefused> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(r) = err.downcast_ref::<UpstreamRefused>() {
+            return Some(r);
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// Resolves an allowed name upstream and connects, trying each address the
+/// upstream guard lets through (so a rebinding answer is judged on the
+/// address actually connected to); refused addresses are an event, and if
+/// none is left, an [`UpstreamRefused`] error.
 async fn connect(
     state: &State,
     name: &str,
@@ -1305,8 +1452,49 @@ async fn connect(
     if addrs.is_empty() {
         bail!("{name} has no IPv4 address upstream");
     }
-    let mut last = None;
+    let policy = state.policy();
+    let private_ok = match policy.connection(name, port) {
+        ConnDecision::Https(e) => e.private_upstream,
+        ConnDecision::Tcp(e) => e.private_upstream,
+        ConnDecision::Deny(_) => false,
+    };
+    let guard = state.upstream_guard(&policy);
+    drop(policy);
+    let mut refused = Vec::new();
+    let mut allowed = Vec::new();
     for ip in addrs {
+        match guard.check(IpAddr::V4(ip), private_ok) {
+            Some(why) => refused.push((IpAddr::V4(ip), why)),
+            None => allowed.push(ip),
+        }
+    }
+    if !refused.is_empty() {
+        state.events.emit(event(
+            "upstream",
+            [
+                ("host", name.into()),
+                ("port", port.into()),
+                ("decision", "deny".into()),
+                (
+                    "refused",
+                    refused
+                        .iter()
+                        .map(|(ip, why)| Value::from(format!("{ip}: {why}")))
+                        .collect::<Vec<_>>()
+                        .into(),
+                ),
+            ],
+        ));
+    }
+    if allowed.is_empty() {
+        return Err(anyhow::Error::new(UpstreamRefused {
+            name: name.to_string(),
+            port,
+            addrs: refused,
+        }));
+    }
+    let mut last = None;
+    for ip in allowed {
         match tokio::time::timeout(
             timeout,
             TcpStream::connect(SocketAddr::new(IpAddr::V4(ip), port)),
@@ -1506,8 +1694,10 @@ impl hyper::rt::Write for UpstreamIo {
 
 impl tower_service::Service<Uri> for Upstream {
     type Response = UpstreamIo;
-    type Error = anyhow::Error;
-    type Future = Pin<Box<dyn Future<Output = anyhow::Result<UpstreamIo>> + Send>>;
+    /// Boxed so that an [`UpstreamRefused`] stays visible through hyper's
+    /// error chain (`refused_in`).
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = Pin<Box<dyn Future<Output = Result<UpstreamIo, Self::Error>> + Send>>;
 
     fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
@@ -1518,7 +1708,12 @@ impl tower_service::Service<Uri> for Upstream {
         Box::pin(async move {
             let host = uri.host().context("no host")?.to_string();
             let port = uri.port_u16().unwrap_or(443);
-            let tcp = connect(&me.state, &host, port, me.timeout).await?;
+            let tcp = connect(&me.state, &host, port, me.timeout)
+                .await
+                .map_err(|e| match e.downcast::<UpstreamRefused>() {
+                    Ok(refused) => Box::new(refused) as Self::Error,
+                    Err(e) => e.into(),
+                })?;
             let server_name = rustls_pki_types::ServerName::try_from(host.clone())?;
             let tls = tokio::time::timeout(me.timeout, me.tls.connect(server_name, tcp))
                 .await
@@ -1528,7 +1723,7 @@ impl tower_service::Service<Uri> for Upstream {
                         "TLS with {host}:{port} (the upstream certificate must be valid for {host})"
                     )
                 })?;
-            Ok(UpstreamIo(TokioIo::new(tls)))
+            Ok::<_, Self::Error>(UpstreamIo(TokioIo::new(tls)))
         })
     }
 }

@@ -32,6 +32,8 @@ pub struct State {
     /// Bumped after every applied reload; open connections watch it.
     generation: tokio::sync::watch::Sender<u64>,
     reload_lock: Mutex<()>,
+    /// The agent link's networks, read where the listeners are bound.
+    pub agent_nets: std::sync::OnceLock<Vec<ipnet::IpNet>>,
 }
 
 fn forwarder_for(policy: &Policy) -> Option<Arc<Forwarder>> {
@@ -108,6 +110,7 @@ impl State {
             sources,
             generation: tokio::sync::watch::Sender::new(0),
             reload_lock: Mutex::new(()),
+            agent_nets: std::sync::OnceLock::new(),
         }))
     }
 
@@ -118,6 +121,20 @@ impl State {
     /// A receiver that wakes after each applied reload.
     pub fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
         self.generation.subscribe()
+    }
+
+    /// Where upstream connections may not go (see `cell_policy::upstream`):
+    /// the firewall's addresses as they are now (an address can change under
+    /// DHCP), the agent link's networks, the synthetic pool.
+    pub fn upstream_guard(&self, policy: &Policy) -> cell_policy::upstream::Guard {
+        cell_policy::upstream::Guard {
+            local: local_addresses(None)
+                .into_iter()
+                .map(|n| n.addr())
+                .collect(),
+            agent_nets: self.agent_nets.get().cloned().unwrap_or_default(),
+            pool: Some(policy.dns.synthetic_pool),
+        }
     }
 
     pub fn forwarder(&self) -> Option<Arc<Forwarder>> {
@@ -178,4 +195,36 @@ impl State {
         tracing::info!(cause, "policy reloaded");
         ev
     }
+}
+
+/// The addresses (with their networks) of this network namespace's
+/// interfaces; only those of `iface` when given.
+pub fn local_addresses(iface: Option<&str>) -> Vec<ipnet::IpNet> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    addrs
+        .filter(|a| iface.is_none_or(|i| a.interface_name == i))
+        .filter_map(|a| {
+            let addr = a.address?;
+            let mask = a.netmask;
+            if let Some(v4) = addr.as_sockaddr_in() {
+                let len = mask
+                    .and_then(|m| m.as_sockaddr_in().map(|m| m.ip().to_bits().count_ones()))
+                    .unwrap_or(32);
+                ipnet::Ipv4Net::new(v4.ip(), len as u8)
+                    .ok()
+                    .map(ipnet::IpNet::V4)
+            } else if let Some(v6) = addr.as_sockaddr_in6() {
+                let len = mask
+                    .and_then(|m| m.as_sockaddr_in6().map(|m| m.ip().to_bits().count_ones()))
+                    .unwrap_or(128);
+                ipnet::Ipv6Net::new(v6.ip(), len as u8)
+                    .ok()
+                    .map(ipnet::IpNet::V6)
+            } else {
+                None
+            }
+        })
+        .collect()
 }

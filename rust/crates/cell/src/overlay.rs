@@ -108,6 +108,7 @@ pub fn allow_https(o: &mut OverlayDocument, req: &HttpsRequest) {
         methods: (!req.methods.is_empty()).then(|| req.methods.clone()),
         paths: (!req.paths.is_empty()).then(|| req.paths.clone()),
         passthrough: req.passthrough,
+        private_upstream: false,
         comment: None,
     };
     o.deny.retain(|d| d != &req.host);
@@ -128,6 +129,7 @@ pub fn allow_tcp(o: &mut OverlayDocument, host: &str, port: u16) {
             include_apex: false,
             allow_any_host: false,
             ports: vec![port],
+            private_upstream: false,
             comment: None,
         });
     }

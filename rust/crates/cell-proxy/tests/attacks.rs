@@ -1,0 +1,401 @@
+//! A hostile agent against the firewall, in the lab: it owns the DNS of the
+//! names it is allowed (the fake resolver answers whatever the test says),
+//! and tries to make the proxy connect to the firewall itself, to the agent
+//! link, to cloud metadata and to private networks — through every path the
+//! proxy opens upstream connections on (transparent TCP splice, explicit
+//! CONNECT, intercepted HTTPS, passthrough) and through `dns.forward`.
+//!
+//! Each test checks the attack fails the way docs/threat-model.md says (a 403
+//! naming the reason, or a reset — never a hang), the allowed path still
+//! works, and the listeners the attack aimed at saw nothing.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use cell_lab::https::{CertKind, Client, FakeHttps, get};
+use cell_lab::lab::{AGENT_V4, EXPLICIT_PORT, FW_AGENT_V4, FW_UPLINK_V4, WEB_V4, fw_dns};
+use cell_lab::probe::{self, Transport};
+use cell_lab::{Lab, skip_unless_available};
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+use http::StatusCode;
+
+const POLICY: &str = r#"{
+  "https": [
+    { "host": "api.example.test" },
+    { "host": "ssrf.example.test" },
+    { "host": "pass.example.test", "passthrough": true }
+  ],
+  "tcp": [
+    { "host": "tcp.example.test", "ports": [8080] },
+    { "host": "db.example.test", "ports": [8080], "privateUpstream": true }
+  ],
+  "dns": { "upstream": ["192.0.2.53"], "forward": ["fwd.example.test"] }
+}"#;
+
+/// An address on the fake internet inside a private range (a "corporate" host).
+const CORP: Ipv4Addr = Ipv4Addr::new(10, 20, 0, 5);
+/// The cloud metadata address, served by the fake internet.
+const METADATA: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+
+struct Setup {
+    lab: Lab,
+    _web: FakeHttps,
+    agent_tls: Client,
+}
+
+fn setup() -> Option<Setup> {
+    if skip_unless_available() {
+        return None;
+    }
+    let mut lab = Lab::new().expect("lab");
+    lab.start_resolver(&[("api.example.test", WEB_V4)]).unwrap();
+    for addr in [CORP, METADATA] {
+        lab.internet
+            .ip(&["addr", "add", &format!("{addr}/32"), "dev", "eth0"])
+            .unwrap();
+    }
+    let web = lab
+        .https_server(&[("api.example.test", CertKind::Valid)])
+        .unwrap();
+    let policy = lab.dir.join("policy.json");
+    std::fs::write(&policy, POLICY).unwrap();
+    lab.start_proxy(Path::new(env!("CARGO_BIN_EXE_cell-proxy")), &policy, None)
+        .unwrap();
+    let ca = lab.cell_ca_pem().unwrap();
+    let agent_tls = Client::new(&ca, &[b"h2", b"http/1.1"]).unwrap();
+    Some(Setup {
+        lab,
+        _web: web,
+        agent_tls,
+    })
+}
+
+fn at(ip: Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(ip), port)
+}
+
+/// The synthetic address the agent's DNS gives for `name`.
+fn resolve(lab: &Lab, name: &str) -> Ipv4Addr {
+    let m = probe::dns(
+        &lab.agent,
+        fw_dns(),
+        &format!("{name}."),
+        RecordType::A,
+        Transport::Udp,
+    )
+    .unwrap();
+    *probe::a_records(&m)
+        .first()
+        .unwrap_or_else(|| panic!("{name} did not resolve: {m:?}"))
+}
+
+/// Connects from the agent, sends a line, and reads what comes back within
+/// 3 s: the echo, or how it failed and how long that took.
+fn tcp_exchange(lab: &Lab, addr: SocketAddr) -> (Result<Vec<u8>, std::io::ErrorKind>, Duration) {
+    let started = Instant::now();
+    let mut c = match lab.agent_connect(addr) {
+        Ok(c) => c,
+        Err(_) => {
+            return (
+                Err(std::io::ErrorKind::ConnectionRefused),
+                started.elapsed(),
+            );
+        }
+    };
+    c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let _ = c.write_all(b"probe from the agent\n");
+    let mut buf = vec![0u8; 256];
+    let r = match c.read(&mut buf) {
+        Ok(0) => Err(std::io::ErrorKind::UnexpectedEof),
+        Ok(n) => Ok(buf[..n].to_vec()),
+        Err(e) => Err(e.kind()),
+    };
+    (r, started.elapsed())
+}
+
+/// CONNECT through the explicit proxy; the response head (and a denial's body).
+fn connect_via_proxy(lab: &Lab, target: &str) -> (String, std::net::TcpStream) {
+    let mut c = lab.agent_connect(at(FW_AGENT_V4, EXPLICIT_PORT)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(c, "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if c.read(&mut b).unwrap_or(0) == 0 {
+            break;
+        }
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    if let Some(len) = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+    {
+        let mut body = vec![0u8; len];
+        c.read_exact(&mut body).unwrap();
+        return (head + &String::from_utf8_lossy(&body), c);
+    }
+    (head, c)
+}
+
+/// The places an SSRF aims at: the firewall's own services (loopback, its
+/// uplink address, its agent-link address), the agent itself, cloud metadata.
+struct Targets {
+    firewall: Vec<(Ipv4Addr, cell_lab::fake::Recorder)>,
+    metadata: cell_lab::fake::Recorder,
+}
+
+fn targets(lab: &Lab, port: u16) -> Targets {
+    let firewall = [Ipv4Addr::LOCALHOST, FW_UPLINK_V4, FW_AGENT_V4]
+        .into_iter()
+        .map(|ip| {
+            (
+                ip,
+                lab.tcp_recorder_in(&lab.firewall, at(ip, port)).unwrap(),
+            )
+        })
+        .collect();
+    let metadata = lab.tcp_recorder(at(METADATA, port)).unwrap();
+    Targets { firewall, metadata }
+}
+
+impl Targets {
+    fn addresses(&self) -> Vec<Ipv4Addr> {
+        let mut v: Vec<Ipv4Addr> = self.firewall.iter().map(|(ip, _)| *ip).collect();
+        v.extend([METADATA, AGENT_V4]);
+        v
+    }
+
+    fn assert_untouched(&self) {
+        for (ip, r) in &self.firewall {
+            assert!(
+                r.seen().is_empty(),
+                "the firewall's {ip} was reached: {:?}",
+                r.seen()
+            );
+        }
+        assert!(
+            self.metadata.seen().is_empty(),
+            "the metadata service was reached: {:?}",
+            self.metadata.seen()
+        );
+    }
+}
+
+/// An allowed `tcp` name whose DNS says 127.0.0.1, the firewall's own
+/// addresses, the agent, or 169.254.169.254: the spliced connection is reset
+/// at once and nothing listening there hears a byte. The same name pointing
+/// at the internet works; a private address works only with `privateUpstream`.
+#[test]
+fn tcp_splice_never_reaches_the_firewall_or_metadata() {
+    let Some(s) = setup() else { return };
+    let t = targets(&s.lab, 8080);
+    let internet = s.lab.tcp_recorder(at(WEB_V4, 8080)).unwrap();
+    let corp = s.lab.tcp_recorder(at(CORP, 8080)).unwrap();
+    for bad in t.addresses() {
+        s.lab.resolver.set("tcp.example.test", &[bad]);
+        let synthetic = resolve(&s.lab, "tcp.example.test");
+        let (r, took) = tcp_exchange(&s.lab, at(synthetic, 8080));
+        assert!(r.is_err(), "{bad}: got {r:?}");
+        assert!(
+            took < Duration::from_secs(1),
+            "{bad}: refused after {took:?}"
+        );
+    }
+    // Private without the opt-in: refused too.
+    s.lab.resolver.set("tcp.example.test", &[CORP]);
+    let (r, _) = tcp_exchange(&s.lab, at(resolve(&s.lab, "tcp.example.test"), 8080));
+    assert!(r.is_err(), "{r:?}");
+    // The allowed paths.
+    s.lab.resolver.set("tcp.example.test", &[WEB_V4]);
+    let (r, _) = tcp_exchange(&s.lab, at(resolve(&s.lab, "tcp.example.test"), 8080));
+    assert_eq!(r.as_deref(), Ok(&b"probe from the agent\n"[..]));
+    s.lab.resolver.set("db.example.test", &[CORP]);
+    let (r, _) = tcp_exchange(&s.lab, at(resolve(&s.lab, "db.example.test"), 8080));
+    assert_eq!(
+        r.as_deref(),
+        Ok(&b"probe from the agent\n"[..]),
+        "privateUpstream"
+    );
+    // ... but the opt-in never reaches the firewall.
+    s.lab
+        .resolver
+        .set("db.example.test", &[Ipv4Addr::LOCALHOST]);
+    let (r, _) = tcp_exchange(&s.lab, at(resolve(&s.lab, "db.example.test"), 8080));
+    assert!(r.is_err(), "{r:?}");
+    t.assert_untouched();
+    assert_eq!(internet.seen().len(), 1, "{:?}", internet.seen());
+    assert_eq!(corp.seen().len(), 1, "{:?}", corp.seen());
+    let ev = s.lab.events();
+    let refused: Vec<_> = ev
+        .iter()
+        .filter(|e| e["event"] == "upstream" && e["decision"] == "deny")
+        .collect();
+    assert!(refused.len() >= 7, "{ev:#?}");
+    assert!(
+        refused
+            .iter()
+            .any(|e| e["refused"].to_string().contains("loopback")),
+        "{refused:#?}"
+    );
+}
+
+/// DNS rebinding: the name resolves to the internet once, then to 127.0.0.1.
+/// The decision is made on the address being connected to each time.
+#[test]
+fn dns_rebinding_is_judged_on_the_address_connected_to() {
+    let Some(s) = setup() else { return };
+    let t = targets(&s.lab, 8080);
+    let internet = s.lab.tcp_recorder(at(WEB_V4, 8080)).unwrap();
+    s.lab.resolver.set("tcp.example.test", &[WEB_V4]);
+    let synthetic = resolve(&s.lab, "tcp.example.test");
+    let (first, _) = tcp_exchange(&s.lab, at(synthetic, 8080));
+    assert!(first.is_ok(), "{first:?}");
+    s.lab
+        .resolver
+        .set("tcp.example.test", &[Ipv4Addr::LOCALHOST]);
+    let (second, _) = tcp_exchange(&s.lab, at(synthetic, 8080));
+    assert!(second.is_err(), "{second:?}");
+    // A mixed answer: only the public address is used.
+    s.lab
+        .resolver
+        .set("tcp.example.test", &[Ipv4Addr::LOCALHOST, METADATA, WEB_V4]);
+    let (mixed, _) = tcp_exchange(&s.lab, at(synthetic, 8080));
+    assert!(mixed.is_ok(), "{mixed:?}");
+    t.assert_untouched();
+    assert_eq!(internet.seen().len(), 2, "{:?}", internet.seen());
+}
+
+/// The explicit proxy: CONNECT to a `tcp` name that resolves to the firewall
+/// or metadata gets a 403 whose reason names the address class; a private
+/// address names the opt-in; the allowed CONNECT still tunnels.
+#[test]
+fn explicit_connect_refuses_internal_upstreams_with_the_reason() {
+    let Some(s) = setup() else { return };
+    let t = targets(&s.lab, 8080);
+    for (bad, why) in [
+        (Ipv4Addr::LOCALHOST, "loopback"),
+        (FW_UPLINK_V4, "the firewall's own address"),
+        (METADATA, "cloud metadata"),
+        (CORP, "privateUpstream"),
+    ] {
+        s.lab.resolver.set("tcp.example.test", &[bad]);
+        let (head, _) = connect_via_proxy(&s.lab, "tcp.example.test:8080");
+        assert!(head.starts_with("HTTP/1.1 403"), "{bad}: {head}");
+        let reason = head
+            .lines()
+            .find_map(|l| l.strip_prefix("x-cell-deny-reason: "))
+            .unwrap_or_default();
+        assert!(
+            reason.contains(why) && reason.contains(&bad.to_string()),
+            "{bad}: {head}"
+        );
+        assert!(head.contains("to allow it:"), "{head}");
+    }
+    t.assert_untouched();
+    s.lab.resolver.set("db.example.test", &[CORP]);
+    let corp = s.lab.tcp_recorder(at(CORP, 8080)).unwrap();
+    let (head, mut tunnel) = connect_via_proxy(&s.lab, "db.example.test:8080");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    tunnel.write_all(b"hello corp\n").unwrap();
+    let mut buf = [0u8; 64];
+    let n = tunnel.read(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"hello corp\n");
+    assert_eq!(corp.seen().len(), 1);
+}
+
+/// Intercepted HTTPS to a name that resolves to 127.0.0.1: a 403 with the
+/// reason, and no TCP connection to the firewall's port 443 at all (the
+/// upstream certificate check would have stopped the request, but only
+/// after connecting). Passthrough: a reset, nothing connected.
+#[test]
+fn https_and_passthrough_never_connect_to_the_firewall() {
+    let Some(s) = setup() else { return };
+    let t = targets(&s.lab, 443);
+    for bad in t.addresses() {
+        s.lab.resolver.set("ssrf.example.test", &[bad]);
+        let ip = resolve(&s.lab, "ssrf.example.test");
+        let got = s
+            .lab
+            .block_on(s.agent_tls.fetch(
+                s.lab.agent_connect(at(ip, 443)).unwrap(),
+                "ssrf.example.test",
+                vec![get("GET", "ssrf.example.test", "/latest/meta-data/")],
+                4096,
+            ))
+            .unwrap();
+        assert_eq!(got[0].status, StatusCode::FORBIDDEN, "{bad}");
+        let reason = got[0]
+            .headers
+            .get("x-cell-deny-reason")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        assert!(
+            reason.contains(&bad.to_string()) && reason.contains("never"),
+            "{bad}: {reason}"
+        );
+
+        s.lab.resolver.set("pass.example.test", &[bad]);
+        let ip = resolve(&s.lab, "pass.example.test");
+        let started = Instant::now();
+        let r = s.lab.block_on(s.agent_tls.fetch(
+            s.lab.agent_connect(at(ip, 443)).unwrap(),
+            "pass.example.test",
+            vec![get("GET", "pass.example.test", "/")],
+            0,
+        ));
+        assert!(r.is_err(), "passthrough to {bad}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    t.assert_untouched();
+    // The allowed path.
+    let ip = resolve(&s.lab, "api.example.test");
+    let got = s
+        .lab
+        .block_on(s.agent_tls.fetch(
+            s.lab.agent_connect(at(ip, 443)).unwrap(),
+            "api.example.test",
+            vec![get("GET", "api.example.test", "/echo")],
+            4096,
+        ))
+        .unwrap();
+    assert_eq!(got[0].status, StatusCode::OK);
+}
+
+/// `dns.forward` answers get the same filter: the agent is never handed
+/// loopback, metadata or a private address; a mixed answer keeps only the
+/// public address.
+#[test]
+fn forwarded_dns_answers_are_filtered() {
+    let Some(s) = setup() else { return };
+    let ask = |lab: &Lab| {
+        probe::dns(
+            &lab.agent,
+            fw_dns(),
+            "fwd.example.test.",
+            RecordType::A,
+            Transport::Udp,
+        )
+        .unwrap()
+    };
+    for bad in [Ipv4Addr::LOCALHOST, METADATA, FW_UPLINK_V4, CORP] {
+        s.lab.resolver.set("fwd.example.test", &[bad]);
+        let m = ask(&s.lab);
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain, "{bad}: {m:?}");
+        let ede = probe::ede_text(&m).unwrap_or_default();
+        assert!(ede.contains(&bad.to_string()), "{bad}: {ede}");
+    }
+    s.lab
+        .resolver
+        .set("fwd.example.test", &[Ipv4Addr::LOCALHOST, WEB_V4, METADATA]);
+    let m = ask(&s.lab);
+    assert_eq!(probe::a_records(&m), vec![WEB_V4], "{m:?}");
+}
