@@ -252,6 +252,7 @@ in
       proxyConnections = limit 4096 [ 1 1000000 ] "Proxied connections open at once";
       headerBytes = limit 65536 [ 1024 1048576 ] "Largest request head, bytes";
       handshakeTimeoutMs = limit 10000 [ 100 120000 ] "Time allowed for the client's TLS hello and handshake, milliseconds";
+      requestHeadTimeoutMs = limit 10000 [ 100 120000 ] "Time allowed for a request head (explicit port: from accept; intercepted: after the TLS handshake), milliseconds";
       idleTimeoutSecs = limit 300 [ 1 86400 ] "A proxied connection with no traffic is closed after this, seconds";
       connectTimeoutMs = limit 10000 [ 100 120000 ] "Time allowed to connect upstream, milliseconds";
       certCache = limit 1024 [ 1 1048576 ] "Minted certificates kept in memory";

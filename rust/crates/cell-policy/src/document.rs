@@ -217,6 +217,11 @@ pub struct Limits {
     /// Time allowed for the client's TLS hello and handshake, milliseconds.
     #[serde(default = "default_handshake_timeout")]
     pub handshake_timeout_ms: u32,
+    /// Time allowed for a request head: on the explicit port from accept, on an
+    /// intercepted connection from the end of the TLS handshake (and between
+    /// HTTP/1.1 requests), milliseconds. A silent client is dropped after it.
+    #[serde(default = "default_request_head_timeout")]
+    pub request_head_timeout_ms: u32,
     /// A proxied connection with no traffic either way is closed after this, seconds.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout_secs: u32,
@@ -235,6 +240,9 @@ fn default_header_bytes() -> u32 {
     64 * 1024
 }
 fn default_handshake_timeout() -> u32 {
+    10_000
+}
+fn default_request_head_timeout() -> u32 {
     10_000
 }
 fn default_idle_timeout() -> u32 {
@@ -270,6 +278,7 @@ impl Default for Limits {
             proxy_connections: default_proxy_connections(),
             header_bytes: default_header_bytes(),
             handshake_timeout_ms: default_handshake_timeout(),
+            request_head_timeout_ms: default_request_head_timeout(),
             idle_timeout_secs: default_idle_timeout(),
             connect_timeout_ms: default_connect_timeout(),
             cert_cache: default_cert_cache(),

@@ -548,6 +548,16 @@ impl Checker {
             50,
             60_000,
         );
+        // The proxy's bounds, as docs/policy.md and the Nix options state them:
+        // a zero timeout or connection limit would deny everything in ways
+        // that look like an outage.
+        range("proxyConnections", l.proxy_connections, 1, 1_000_000);
+        range("headerBytes", l.header_bytes, 1024, 1 << 20);
+        range("handshakeTimeoutMs", l.handshake_timeout_ms, 100, 120_000);
+        range("requestHeadTimeoutMs", l.request_head_timeout_ms, 100, 120_000);
+        range("idleTimeoutSecs", l.idle_timeout_secs, 1, 86_400);
+        range("connectTimeoutMs", l.connect_timeout_ms, 100, 120_000);
+        range("certCache", l.cert_cache, 1, 1 << 20);
     }
 }
 
@@ -781,7 +791,7 @@ mod tests {
                 "tcp":[{"host":"10.0.0.1","ports":[22]},{"host":"git.example","ports":[]}],
                 "cidr":[{"cidr":"10.1.2.3/24","protocol":"tcp","ports":[5432]},{"cidr":"169.254.169.254/32","protocol":"tcp","ports":[80]},{"cidr":"198.18.0.0/24","protocol":"tcp","ports":[1]},{"cidr":"fd00::/8","protocol":"tcp","ports":[1]}],
                 "dns":{"syntheticPool":"8.8.0.0/16","upstream":["resolver.example"]},
-                "limits":{"dnsNames":1}}"#,
+                "limits":{"dnsNames":1,"handshakeTimeoutMs":0,"requestHeadTimeoutMs":0,"proxyConnections":0}}"#,
         );
         let expect = [
             "https[0].host: `*` alone would allow every host",
@@ -796,6 +806,9 @@ mod tests {
             "dns.syntheticPool: `8.8.0.0/16` is not inside a private or reserved range",
             "dns.upstream[0]: `resolver.example` is not an address",
             "limits.dnsNames: 1 is out of range",
+            "limits.handshakeTimeoutMs: 0 is out of range; use 100..=120000",
+            "limits.requestHeadTimeoutMs: 0 is out of range",
+            "limits.proxyConnections: 0 is out of range",
         ];
         for e in expect {
             assert!(

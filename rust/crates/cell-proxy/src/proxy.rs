@@ -206,8 +206,15 @@ impl Proxy {
                     let me = svc_me.clone();
                     async move { Ok::<_, std::convert::Infallible>(me.explicit(req, client).await) }
                 });
+                // A silent client is dropped once requestHeadTimeoutMs passes
+                // without a request head: it cannot hold one of the shared
+                // connection slots (the harness's own API calls need them).
+                let head_timeout =
+                    Duration::from_millis(me.state.policy().limits.request_head_timeout_ms.into());
                 let _ = hyper::server::conn::http1::Builder::new()
                     .max_buf_size(16 * 1024)
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(head_timeout)
                     .serve_connection(TokioIo::new(stream), service)
                     .with_upgrades()
                     .await;
@@ -659,17 +666,24 @@ impl Proxy {
             framing: Some(flags.clone()),
             ..c.clone()
         };
+        // A client that finishes TLS and then says nothing must not hold a
+        // connection slot until the idle timeout: no request head within
+        // requestHeadTimeoutMs closes it (HTTP/1.1's later heads: hyper's timer).
+        let head_seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = head_seen.clone();
         let service = hyper::service::service_fn(move |req| {
+            seen.store(true, Ordering::Relaxed);
             let me = me.clone();
             let conn = conn.clone();
             async move { Ok::<_, std::convert::Infallible>(me.request(req, &conn).await) }
         });
+        let head_timeout = Duration::from_millis(limits.request_head_timeout_ms.into());
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
             .max_buf_size((limits.header_bytes as usize).max(8192))
             .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30));
+            .header_read_timeout(head_timeout);
         builder
             .http2()
             .max_header_list_size(limits.header_bytes)
@@ -687,6 +701,17 @@ impl Proxy {
             }
             () = idle_watch(&stats, idle) => {
                 tracing::debug!(client = %c.client, "closing an idle connection after {idle:?}");
+            }
+            () = first_head_watch(&head_seen, head_timeout) => {
+                self.conn_event(
+                    &c,
+                    vec![
+                        ("kind", "tls".into()),
+                        ("decision", "deny".into()),
+                        ("reason", "no request head within requestHeadTimeoutMs".into()),
+                    ],
+                );
+                return;
             }
         }
         // One line for the connection, when it ends (its requests have their own).
@@ -1207,6 +1232,15 @@ impl<B: hyper::body::Body<Data = Bytes> + Unpin> hyper::body::Body for Metered<B
 }
 
 /// Resolves once no plaintext byte has moved either way for `idle`.
+/// Resolves if no request head has arrived `timeout` after it was called;
+/// never resolves once one has.
+async fn first_head_watch(seen: &std::sync::atomic::AtomicBool, timeout: Duration) {
+    tokio::time::sleep(timeout).await;
+    if seen.load(Ordering::Relaxed) {
+        std::future::pending::<()>().await;
+    }
+}
+
 async fn idle_watch(stats: &crate::framing::Flags, idle: Duration) {
     let moved =
         || stats.bytes_up.load(Ordering::Relaxed) + stats.bytes_down.load(Ordering::Relaxed);

@@ -47,6 +47,11 @@ struct Setup {
 }
 
 fn setup() -> Option<Setup> {
+    setup_with_limits("")
+}
+
+/// The same, with `limits` (JSON members) in the policy.
+fn setup_with_limits(limits: &str) -> Option<Setup> {
     if skip_unless_available() {
         return None;
     }
@@ -61,7 +66,16 @@ fn setup() -> Option<Setup> {
         .https_server(&[("api.example.test", CertKind::Valid)])
         .unwrap();
     let policy = lab.dir.join("policy.json");
-    std::fs::write(&policy, POLICY).unwrap();
+    let text = if limits.is_empty() {
+        POLICY.to_string()
+    } else {
+        POLICY.replace(
+            r#""forward": ["fwd.example.test"] }"#,
+            &format!(r#""forward": ["fwd.example.test"] }}, "limits": {{ {limits} }}"#),
+        )
+    };
+    assert!(limits.is_empty() || text != POLICY);
+    std::fs::write(&policy, text).unwrap();
     lab.start_proxy(Path::new(env!("CARGO_BIN_EXE_cell-proxy")), &policy, None)
         .unwrap();
     let ca = lab.cell_ca_pem().unwrap();
@@ -389,7 +403,11 @@ fn forwarded_dns_answers_are_filtered() {
     for bad in [Ipv4Addr::LOCALHOST, METADATA, FW_UPLINK_V4, CORP] {
         s.lab.resolver.set("fwd.example.test", &[bad]);
         let m = ask(&s.lab);
-        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain, "{bad}: {m:?}");
+        assert_eq!(
+            m.metadata.response_code,
+            ResponseCode::NXDomain,
+            "{bad}: {m:?}"
+        );
         let ede = probe::ede_text(&m).unwrap_or_default();
         assert!(ede.contains(&bad.to_string()), "{bad}: {ede}");
     }
@@ -398,4 +416,79 @@ fn forwarded_dns_answers_are_filtered() {
         .set("fwd.example.test", &[Ipv4Addr::LOCALHOST, WEB_V4, METADATA]);
     let m = ask(&s.lab);
     assert_eq!(probe::a_records(&m), vec![WEB_V4], "{m:?}");
+}
+
+/// Silent clients cannot starve the shared connection limit: a connection to
+/// the explicit port that sends nothing, and an intercepted connection that
+/// finishes TLS (HTTP/1.1 or HTTP/2) and then sends nothing, are dropped
+/// after `requestHeadTimeoutMs`, with an event; afterwards the harness's own
+/// request gets a slot.
+#[test]
+fn silent_clients_are_dropped_and_cannot_starve_the_connection_limit() {
+    use tokio::io::AsyncReadExt;
+    let Some(s) = setup_with_limits(r#""proxyConnections": 8, "requestHeadTimeoutMs": 500"#) else {
+        return;
+    };
+    let closed_after = |c: &mut std::net::TcpStream| {
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let start = Instant::now();
+        let mut buf = [0u8; 8];
+        let r = c.read(&mut buf);
+        assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+        start.elapsed()
+    };
+    let mut silent: Vec<_> = (0..8)
+        .map(|_| s.lab.agent_connect(at(FW_AGENT_V4, EXPLICIT_PORT)).unwrap())
+        .collect();
+    for c in &mut silent {
+        let took = closed_after(c);
+        assert!(
+            took < Duration::from_secs(2),
+            "explicit: dropped after {took:?}"
+        );
+    }
+    let ip = resolve(&s.lab, "api.example.test");
+    let ca = s.lab.cell_ca_pem().unwrap();
+    for alpn in [&b"http/1.1"[..], &b"h2"[..]] {
+        let client = Client::new(&ca, &[alpn]).unwrap();
+        let started = Instant::now();
+        let mut tls = s
+            .lab
+            .block_on(client.raw(
+                s.lab.agent_connect(at(ip, 443)).unwrap(),
+                "api.example.test",
+            ))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let r = s.lab.block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await
+        });
+        let took = started.elapsed();
+        assert!(
+            matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+            "{alpn:?}: not closed: {r:?}"
+        );
+        assert!(
+            took >= Duration::from_millis(400) && took < Duration::from_secs(2),
+            "{alpn:?}: dropped after {took:?}"
+        );
+    }
+    assert!(
+        s.lab
+            .events()
+            .iter()
+            .any(|e| e["reason"] == "no request head within requestHeadTimeoutMs"),
+        "{:#?}",
+        s.lab.events()
+    );
+    let got = s
+        .lab
+        .block_on(s.agent_tls.fetch(
+            s.lab.agent_connect(at(ip, 443)).unwrap(),
+            "api.example.test",
+            vec![get("GET", "api.example.test", "/echo")],
+            64,
+        ))
+        .unwrap();
+    assert_eq!(got[0].status, StatusCode::OK);
 }
