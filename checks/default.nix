@@ -3,7 +3,7 @@
 #   module-eval  checks/eval/modules.nix under this nixpkgs' lib
 #   vm-<name>    one NixOS VM test per file in checks/vm (Linux, needs KVM)
 #   template     the project template's cell evaluates to both VMs
-#   cell-proxy, cell  the binaries build
+#   cell, cell-proxy (Linux)  the binaries build
 { pkgs, self }:
 let
   inherit (pkgs) lib;
@@ -38,11 +38,15 @@ in
     cases = lib.foldl' (n: t: n + t.cases) 0 (lib.attrValues libTests);
     failures = lib.concatMap (t: t.failures) (lib.attrValues libTests);
   };
-  module-eval = evaluated "cell-module-eval" (import ./eval/modules.nix { inherit lib; });
+  # Against microvm.nix's own modules (the flake input), not the stub.
+  module-eval = evaluated "cell-module-eval" (import ./eval/modules.nix {
+    inherit lib;
+    microvm = "${self.inputs.microvm}";
+  });
   template = pkgs.writeText "cell-template-eval" ''
     ${templateCell.firewall.config.system.build.toplevel.drvPath}
     ${templateCell.agent.config.system.build.toplevel.drvPath}
   '';
-  inherit (self.packages.${system}) cell-proxy cell;
+  inherit (self.packages.${system}) cell;
 }
-  // lib.optionalAttrs pkgs.stdenv.hostPlatform.isLinux vmTests
+  // lib.optionalAttrs pkgs.stdenv.hostPlatform.isLinux ({ inherit (self.packages.${system}) cell-proxy; } // vmTests)

@@ -1,5 +1,6 @@
 //! `cell jail` end to end: real curl inside the jail, the real proxy, a fake
 //! internet. The lab's firewall namespace plays "the host" (it has the uplink).
+#![cfg(target_os = "linux")] // cell jail is Linux only (network namespaces)
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
