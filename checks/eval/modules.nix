@@ -180,6 +180,7 @@ in
     (map has [
       "--agent-iface agent0"
       "--listen 10.89.0.1"
+      "--agent-addr 10.89.0.2 --agent-addr fd89::2"
       "--dns-port 53"
       "--transparent-port 15001"
       "--explicit-port 3128"
@@ -189,7 +190,7 @@ in
       "--events /var/log/cell-proxy/events.jsonl"
       "--state-dir /var/lib/cell-proxy"
     ])
-    (lib.genList (_: true) 10))
+    (lib.genList (_: true) 11))
   (eq "firewall: two capabilities, granted one by one, nothing else"
     {
       inherit (svc.serviceConfig) AmbientCapabilities CapabilityBoundingSet NoNewPrivileges ProtectSystem;

@@ -41,6 +41,11 @@ let
     cfg.agentInterface
     "--listen"
     link.firewallAddress
+    # The only sources the ruleset accepts from the agent link.
+    "--agent-addr"
+    link.agentAddress
+    "--agent-addr"
+    link.agentAddress6
     "--dns-port"
     (toString cfg.ports.dns)
     "--transparent-port"

@@ -490,6 +490,10 @@ impl Lab {
             AGENT_IFACE,
             "--listen",
             &FW_AGENT_V4.to_string(),
+            "--agent-addr",
+            &AGENT_V4.to_string(),
+            "--agent-addr",
+            "fd89::2",
         ])
         .arg("--events")
         .arg(self.events_path())

@@ -17,9 +17,22 @@
 //!    IPv6 gets exactly the same treatment (only neighbour discovery is let
 //!    through, so that a v6 connection fails with a reset rather than an ND
 //!    timeout); it is never a bypass.
+//! 5. Before any of that — before conntrack, before anything could answer —
+//!    a second table, `netdev <table>`, hooks the agent interface's ingress:
+//!    a packet whose source is not the agent's own address (IPv4 or IPv6) is
+//!    counted, logged at a bounded rate (NFLOG, `spoof` events) and dropped,
+//!    so a forged internet source never makes the firewall send anything out
+//!    of its uplink. Link-local IPv6 sources may only do neighbour discovery;
+//!    anything else from them is refused right there, on the link it came in
+//!    on (a reset or ICMPv6 admin-prohibited: a reply routed by destination
+//!    would pick any interface's fe80::/64 route, the uplink included, and the
+//!    agent would wait). ARP requests are answered only for the firewall's
+//!    listen address, never for its other (uplink) addresses.
+//!
+//! Both tables are replaced in the same transaction.
 
 use std::borrow::Cow;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use nftables::batch::Batch;
 use nftables::expr::{
@@ -47,12 +60,16 @@ pub struct FirewallParams {
     pub explicit_port: u16,
     /// NFLOG group rejected packets are logged to (read by cell-proxy as `reject` events).
     pub nflog_group: u16,
+    /// The agent's own addresses on the link: the only sources accepted from it.
+    pub agent_addrs: Vec<IpAddr>,
 }
 
 /// Prefix of the fingerprint comment that marks a ruleset as ours.
 const FINGERPRINT_PREFIX: &str = "cell-ruleset ";
 /// Log prefix of rejected packets (kernel log / journald on the firewall).
 pub const LOG_PREFIX: &str = "cell-reject: ";
+/// Log prefix of packets dropped for a forged source address.
+pub const SPOOF_PREFIX: &str = "cell-spoof: ";
 
 fn meta(key: MetaKey) -> Expression<'static> {
     Expression::Named(NamedExpression::Meta(Meta { key }))
@@ -145,6 +162,7 @@ fn jump(target: &'static str) -> Statement<'static> {
 
 struct Builder<'p> {
     params: &'p FirewallParams,
+    family: NfFamily,
     objects: Vec<NfListObject<'static>>,
 }
 
@@ -154,8 +172,11 @@ impl Builder<'_> {
             Some((t, h, p)) => (Some(t), Some(h), Some(p)),
             None => (None, None, None),
         };
+        let dev =
+            (hook == Some(NfHook::Ingress)).then(|| Cow::Owned(self.params.agent_iface.clone()));
         self.objects.push(NfListObject::Chain(Chain {
-            family: NfFamily::INet,
+            family: self.family,
+            dev,
             table: Cow::Owned(self.params.table.clone()),
             name: Cow::Borrowed(name),
             _type: ty,
@@ -173,7 +194,7 @@ impl Builder<'_> {
         comment: Option<String>,
     ) {
         self.objects.push(NfListObject::Rule(Rule {
-            family: NfFamily::INet,
+            family: self.family,
             table: Cow::Owned(self.params.table.clone()),
             chain: Cow::Borrowed(chain),
             expr: Cow::Owned(expr),
@@ -202,6 +223,7 @@ pub fn compile(policy: &Policy, params: &FirewallParams) -> Ruleset {
     let agent = || s(params.agent_iface.clone());
     let mut b = Builder {
         params,
+        family: NfFamily::INet,
         objects: Vec::new(),
     };
 
@@ -386,8 +408,11 @@ pub fn compile(policy: &Policy, params: &FirewallParams) -> Ruleset {
         None,
     );
 
+    let mut ingress = ingress(params);
+
     // Fingerprint over everything but itself, then attach it.
-    let body = serde_json::to_vec(&b.objects).expect("nftables schema serializes");
+    let mut body = serde_json::to_vec(&b.objects).expect("nftables schema serializes");
+    body.extend(serde_json::to_vec(&ingress).expect("nftables schema serializes"));
     let mut hasher = Sha256::new();
     hasher.update(params.table.as_bytes());
     hasher.update(&body);
@@ -397,9 +422,10 @@ pub fn compile(policy: &Policy, params: &FirewallParams) -> Ruleset {
         .take(12)
         .map(|x| format!("{x:02x}"))
         .collect();
-    for obj in &mut b.objects {
+    for obj in b.objects.iter_mut().chain(ingress.iter_mut()) {
         if let NfListObject::Rule(r) = obj
-            && r.chain == "input"
+            && (r.chain == "input" || r.chain == INGRESS_CHAIN)
+            && r.comment.is_none()
         {
             r.comment = Some(Cow::Owned(format!("{FINGERPRINT_PREFIX}{fingerprint}")));
         }
@@ -410,17 +436,152 @@ pub fn compile(policy: &Policy, params: &FirewallParams) -> Ruleset {
         name: Cow::Owned(params.table.clone()),
         handle: None,
     };
+    let netdev = || Table {
+        family: NfFamily::NetDev,
+        name: Cow::Owned(params.table.clone()),
+        handle: None,
+    };
     let mut batch = Batch::new();
-    batch.add(NfListObject::Table(table()));
-    batch.delete(NfListObject::Table(table()));
-    batch.add(NfListObject::Table(table()));
-    for obj in b.objects {
+    for t in [table(), netdev()] {
+        batch.add(NfListObject::Table(t.clone()));
+        batch.delete(NfListObject::Table(t.clone()));
+        batch.add(NfListObject::Table(t));
+    }
+    for obj in b.objects.into_iter().chain(ingress) {
         batch.add(obj);
     }
     Ruleset {
         nftables: batch.to_nftables(),
         fingerprint,
     }
+}
+
+const INGRESS_CHAIN: &str = "agent_ingress";
+
+fn v6net(addr: &'static str, len: u32) -> Expression<'static> {
+    Expression::Named(NamedExpression::Prefix(Prefix {
+        addr: Box::new(s(addr)),
+        len,
+    }))
+}
+
+fn spoof_log(params: &FirewallParams) -> [Statement<'static>; 2] {
+    [
+        Statement::Limit(Limit {
+            rate: 10,
+            rate_unit: Some(Cow::Borrowed("packets")),
+            per: Some(Cow::Borrowed("second")),
+            burst: Some(20),
+            burst_unit: Some(Cow::Borrowed("packets")),
+            inv: None,
+        }),
+        Statement::Log(Some(Log {
+            prefix: Some(Cow::Borrowed(SPOOF_PREFIX)),
+            ..Log::new(Some(u32::from(params.nflog_group)))
+        })),
+    ]
+}
+
+/// The `netdev` table: rule 5 of the module docs, on the agent interface's
+/// ingress hook.
+fn ingress(params: &FirewallParams) -> Vec<NfListObject<'static>> {
+    let mut b = Builder {
+        params,
+        family: NfFamily::NetDev,
+        objects: Vec::new(),
+    };
+    b.chain(
+        INGRESS_CHAIN,
+        Some((NfChainType::Filter, NfHook::Ingress, -500)),
+    );
+    b.chain("spoofed", None);
+    let link_local = || v6net("fe80::", 10);
+    let nd = || {
+        one_of(
+            field("icmpv6", "type"),
+            vec![
+                s("nd-router-solicit"),
+                s("nd-neighbor-solicit"),
+                s("nd-neighbor-advert"),
+            ],
+        )
+    };
+    // The firewall answers ARP only for its listen address.
+    b.rule(
+        INGRESS_CHAIN,
+        vec![
+            is(field("arp", "operation"), s("request")),
+            is_not(field("arp", "daddr ip"), s(params.listen.to_string())),
+            Statement::Drop(None),
+        ],
+        Some("ARP only for the firewall's listen address".into()),
+    );
+    b.rule(
+        INGRESS_CHAIN,
+        vec![is(field("ip6", "saddr"), link_local()), nd(), accept()],
+        None,
+    );
+    b.rule(
+        INGRESS_CHAIN,
+        vec![
+            is(field("ip6", "saddr"), s("::")),
+            is(field("icmpv6", "type"), s("nd-neighbor-solicit")),
+            accept(),
+        ],
+        Some("duplicate address detection".into()),
+    );
+    let [limit, log] = spoof_log(params);
+    let reject_here = |b: &mut Builder, tcp: bool| {
+        let mut expr = vec![is(field("ip6", "saddr"), link_local())];
+        if tcp {
+            expr.push(is(meta(MetaKey::L4proto), s("tcp")));
+            expr.push(Statement::Reject(Some(Reject::new(
+                Some(RejectType::TCPReset),
+                None,
+            ))));
+        } else {
+            expr.push(Statement::Reject(Some(Reject::new(
+                Some(RejectType::ICMPX),
+                Some(RejectCode::AdminProhibited),
+            ))));
+        }
+        b.rule(
+            INGRESS_CHAIN,
+            expr,
+            Some("link-local: refused on the link it came in on".into()),
+        );
+    };
+    reject_here(&mut b, true);
+    reject_here(&mut b, false);
+    let (v4, v6): (Vec<_>, Vec<_>) = params.agent_addrs.iter().partition(|a| a.is_ipv4());
+    let addrs = |v: Vec<&IpAddr>| v.into_iter().map(|a| s(a.to_string())).collect::<Vec<_>>();
+    for (proto, own) in [("ip", addrs(v4)), ("ip6", addrs(v6))] {
+        let mut expr = vec![is(meta(MetaKey::Protocol), s(proto))];
+        match own.len() {
+            0 => {}
+            1 => expr.push(is_not(
+                field(proto, "saddr"),
+                own.into_iter().next().expect("one"),
+            )),
+            _ => expr.push(Statement::Match(Match {
+                left: field(proto, "saddr"),
+                right: Expression::Named(NamedExpression::Set(
+                    own.into_iter().map(SetItem::Element).collect(),
+                )),
+                op: Operator::NEQ,
+            })),
+        }
+        expr.push(jump("spoofed"));
+        b.rule(INGRESS_CHAIN, expr, None);
+    }
+    b.rule(
+        "spoofed",
+        vec![Statement::Counter(nftables::stmt::Counter::Anonymous(None))],
+        Some("forged source addresses".into()),
+    );
+    b.rule("spoofed", vec![limit, log], None);
+    b.rule("spoofed", vec![Statement::Drop(None)], None);
+    b.objects
 }
 
 /// Failure to run or satisfy `nft`.
@@ -485,13 +646,18 @@ fn run_nft(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, 
 }
 
 /// The fingerprint of the `inet <table>` currently in the kernel, if it is ours.
+/// Both tables (`inet` and `netdev`) must carry the same one.
 pub fn current_fingerprint(program: &str, table: &str) -> Option<String> {
-    let out = run_nft(program, &["-j", "list", "table", "inet", table], None).ok()?;
-    let doc: serde_json::Value = serde_json::from_str(&out).ok()?;
-    doc.get("nftables")?.as_array()?.iter().find_map(|o| {
-        let comment = o.get("rule")?.get("comment")?.as_str()?;
-        comment.strip_prefix(FINGERPRINT_PREFIX).map(str::to_string)
-    })
+    let of = |family: &str| {
+        let out = run_nft(program, &["-j", "list", "table", family, table], None).ok()?;
+        let doc: serde_json::Value = serde_json::from_str(&out).ok()?;
+        doc.get("nftables")?.as_array()?.iter().find_map(|o| {
+            let comment = o.get("rule")?.get("comment")?.as_str()?;
+            comment.strip_prefix(FINGERPRINT_PREFIX).map(str::to_string)
+        })
+    };
+    let inet = of("inet")?;
+    (of("netdev")? == inet).then_some(inet)
 }
 
 /// Checks the ruleset with `nft -c` without touching the kernel's rules.
@@ -510,5 +676,7 @@ pub fn apply(program: &str, ruleset: &Ruleset, table: &str) -> Result<Applied, N
 
 /// Removes the table (used on shutdown of the jail and by tests).
 pub fn remove(program: &str, table: &str) -> Result<(), NftError> {
-    run_nft(program, &["delete", "table", "inet", table], None).map(|_| ())
+    let inet = run_nft(program, &["delete", "table", "inet", table], None).map(|_| ());
+    let netdev = run_nft(program, &["delete", "table", "netdev", table], None).map(|_| ());
+    inet.and(netdev)
 }

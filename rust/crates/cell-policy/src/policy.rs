@@ -554,7 +554,12 @@ impl Checker {
         range("proxyConnections", l.proxy_connections, 1, 1_000_000);
         range("headerBytes", l.header_bytes, 1024, 1 << 20);
         range("handshakeTimeoutMs", l.handshake_timeout_ms, 100, 120_000);
-        range("requestHeadTimeoutMs", l.request_head_timeout_ms, 100, 120_000);
+        range(
+            "requestHeadTimeoutMs",
+            l.request_head_timeout_ms,
+            100,
+            120_000,
+        );
         range("idleTimeoutSecs", l.idle_timeout_secs, 1, 86_400);
         range("connectTimeoutMs", l.connect_timeout_ms, 100, 120_000);
         range("certCache", l.cert_cache, 1, 1 << 20);

@@ -114,7 +114,11 @@ fn classify4(ip: Ipv4Addr) -> Option<Refusal> {
     let never: [([u8; 4], u8, &'static str); 6] = [
         ([0, 0, 0, 0], 8, "an unspecified address (0.0.0.0/8)"),
         ([127, 0, 0, 0], 8, "loopback"),
-        ([169, 254, 0, 0], 16, "link-local (169.254.0.0/16, cloud metadata)"),
+        (
+            [169, 254, 0, 0],
+            16,
+            "link-local (169.254.0.0/16, cloud metadata)",
+        ),
         ([224, 0, 0, 0], 4, "multicast"),
         ([255, 255, 255, 255], 32, "broadcast"),
         ([240, 0, 0, 0], 4, "reserved (240.0.0.0/4)"),
@@ -124,7 +128,11 @@ fn classify4(ip: Ipv4Addr) -> Option<Refusal> {
         ([172, 16, 0, 0], 12, "172.16.0.0/12 (RFC 1918)"),
         ([192, 168, 0, 0], 16, "192.168.0.0/16 (RFC 1918)"),
         ([100, 64, 0, 0], 10, "100.64.0.0/10 (shared, RFC 6598)"),
-        ([192, 0, 0, 0], 24, "192.0.0.0/24 (IETF protocol assignments)"),
+        (
+            [192, 0, 0, 0],
+            24,
+            "192.0.0.0/24 (IETF protocol assignments)",
+        ),
         ([198, 18, 0, 0], 15, "198.18.0.0/15 (benchmarking)"),
     ];
     // Broadcast before reserved: 255.255.255.255 is both.
@@ -171,7 +179,10 @@ mod tests {
     fn addresses_are_classified_and_the_opt_in_reaches_only_private_ranges() {
         let g = Guard {
             local: vec![ip("192.0.2.1"), ip("10.89.0.1"), ip("2001:db8:1::1")],
-            agent_nets: vec!["10.89.0.0/24".parse().unwrap(), "fd89::/64".parse().unwrap()],
+            agent_nets: vec![
+                "10.89.0.0/24".parse().unwrap(),
+                "fd89::/64".parse().unwrap(),
+            ],
             pool: Some("198.18.0.0/16".parse().unwrap()),
         };
         for never in [
@@ -184,10 +195,10 @@ mod tests {
             "239.255.255.250",
             "255.255.255.255",
             "240.0.0.1",
-            "192.0.2.1",     // the firewall's uplink
-            "10.89.0.1",     // the firewall on the agent link
-            "10.89.0.2",     // the agent
-            "198.18.0.7",    // the synthetic pool
+            "192.0.2.1",  // the firewall's uplink
+            "10.89.0.1",  // the firewall on the agent link
+            "10.89.0.2",  // the agent
+            "198.18.0.7", // the synthetic pool
             "::1",
             "::",
             "fe80::1",
@@ -225,7 +236,11 @@ mod tests {
                 matches!(g.check(ip(private), false), Some(Refusal::Private(_))),
                 "{private}"
             );
-            assert_eq!(g.check(ip(private), true), None, "{private} with the opt-in");
+            assert_eq!(
+                g.check(ip(private), true),
+                None,
+                "{private} with the opt-in"
+            );
         }
         for public in [
             "203.0.113.10",
@@ -247,7 +262,10 @@ mod tests {
     #[test]
     fn refusals_say_what_and_how() {
         let r = classify(ip("10.1.2.3")).unwrap().to_string();
-        assert!(r.contains("10.0.0.0/8") && r.contains("privateUpstream"), "{r}");
+        assert!(
+            r.contains("10.0.0.0/8") && r.contains("privateUpstream"),
+            "{r}"
+        );
         let r = classify(ip("169.254.169.254")).unwrap().to_string();
         assert!(r.contains("cloud metadata") && r.contains("never"), "{r}");
     }

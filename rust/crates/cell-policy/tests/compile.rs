@@ -17,6 +17,7 @@ fn params() -> FirewallParams {
         transparent_port: 15001,
         explicit_port: 3128,
         nflog_group: 7,
+        agent_addrs: vec!["10.89.0.2".parse().unwrap(), "fd89::2".parse().unwrap()],
     }
 }
 

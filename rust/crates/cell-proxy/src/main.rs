@@ -32,11 +32,12 @@ Examples:
     cell-proxy --check --policy policy.json
 
   Show the nftables ruleset a policy compiles to:
-    cell-proxy --print-ruleset --policy policy.json --agent-iface eth1 --listen 10.89.0.1
+    cell-proxy --print-ruleset --policy policy.json --agent-iface eth1 --listen 10.89.0.1 --agent-addr 10.89.0.2
 
   Run on the firewall VM (needs CAP_NET_ADMIN for nftables, CAP_NET_BIND_SERVICE for port 53):
     cell-proxy --policy /etc/cell/policy.json --overlay /var/lib/cell/overlay.json \\
-               --agent-iface eth1 --listen 10.89.0.1 --events /var/log/cell/events.jsonl
+               --agent-iface eth1 --listen 10.89.0.1 --agent-addr 10.89.0.2 \\
+               --events /var/log/cell/events.jsonl
 
 Reload: send SIGHUP after changing the policy or overlay. An invalid document is refused
 with the reason in the event log, and the running policy stays in force.
@@ -79,6 +80,12 @@ struct Cli {
     /// The firewall's IPv4 address on the agent link; DNS and the proxies listen here.
     #[arg(long, value_name = "ADDR", required_unless_present_any = ["check", "install_overlay"])]
     listen: Option<Ipv4Addr>,
+
+    /// The agent's own address on the link (repeatable: its IPv4 and IPv6 addresses).
+    /// The ruleset drops every packet from the agent interface with any other source,
+    /// so a forged source never makes the firewall answer towards the internet.
+    #[arg(long = "agent-addr", value_name = "ADDR")]
+    agent_addrs: Vec<std::net::IpAddr>,
 
     #[arg(long, default_value_t = 53, value_name = "PORT")]
     dns_port: u16,
@@ -149,6 +156,7 @@ impl Cli {
             transparent_port: self.transparent_port,
             explicit_port: self.explicit_port,
             nflog_group: self.nflog_group,
+            agent_addrs: self.agent_addrs.clone(),
         })
     }
 }
@@ -262,6 +270,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let params = cli
         .params()
         .context("--agent-iface and --listen are required")?;
+    if params.agent_addrs.is_empty() && !cli.no_firewall {
+        anyhow::bail!(
+            "--agent-addr is required: the agent's own address on the link (e.g. --agent-addr 10.89.0.2 --agent-addr fd89::2); the ruleset drops every packet from {} with another source",
+            params.agent_iface
+        );
+    }
     if cli.print_ruleset {
         let policy = Policy::load(&cli.policy, cli.overlay.as_deref())?;
         println!("{}", nft::compile(&policy, &params).to_json());

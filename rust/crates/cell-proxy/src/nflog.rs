@@ -142,9 +142,19 @@ pub fn run(socket: Socket, events: EventLog) {
                     _ => None,
                 })
             {
-                let mut ev = event("reject", []);
+                let spoofed = nlas.iter().any(|n| {
+                    matches!(n, PacketNla::Prefix(p)
+                        if p.to_bytes().starts_with(cell_policy::nft::SPOOF_PREFIX.as_bytes()))
+                });
+                let mut ev = event(if spoofed { "spoof" } else { "reject" }, []);
                 for (k, v) in describe(payload) {
                     ev.insert(k.into(), v);
+                }
+                if spoofed {
+                    ev.insert(
+                        "reason".into(),
+                        "the source address is not the agent's own: dropped, never answered".into(),
+                    );
                 }
                 events.emit(ev);
             }

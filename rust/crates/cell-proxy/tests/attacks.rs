@@ -492,3 +492,190 @@ fn silent_clients_are_dropped_and_cannot_starve_the_connection_limit() {
         .unwrap();
     assert_eq!(got[0].status, StatusCode::OK);
 }
+
+/// The agent's side of a forged-source attack: an extra address on its own
+/// interface, so its kernel sends from it.
+fn forge(lab: &Lab, addr: &str) {
+    lab.agent
+        .ip(&["addr", "add", addr, "dev", "eth0", "nodad"])
+        .unwrap();
+}
+
+/// Spoofed sources (the agent has root: it can send from any address): a DNS
+/// query carrying data, a SYN to the proxy port, a SYN to a closed port, UDP
+/// to the pool and IPv6 — from an internet address as their source. The
+/// firewall drops each before anything answers: nothing at all leaves its
+/// uplink, the drops are counted and become `spoof` events, and the agent's
+/// real address keeps working.
+#[test]
+fn forged_sources_are_dropped_and_nothing_leaves_the_uplink() {
+    use std::net::{TcpStream, UdpSocket};
+    let Some(s) = setup() else { return };
+    forge(&s.lab, "203.0.113.77/32");
+    forge(&s.lab, "2001:db8:2::77/128");
+    let pool = resolve(&s.lab, "api.example.test");
+    let before = s.lab.wire().unwrap();
+    s.lab
+        .agent
+        .run(move || {
+            let forged = |port: u16| SocketAddr::from(([203, 0, 113, 77], port));
+            // DNS: NXDOMAIN would echo the data back (~250 bytes a packet).
+            let udp = UdpSocket::bind(forged(0)).unwrap();
+            let mut q = vec![0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+            for label in ["c2VjcmV0LWRhdGEtZXhmaWx0cmF0ZWQ", "evil", "test"] {
+                q.push(label.len() as u8);
+                q.extend(label.as_bytes());
+            }
+            q.extend([0, 0, 1, 0, 1]);
+            for _ in 0..5 {
+                udp.send_to(&q, at(FW_AGENT_V4, 53)).unwrap();
+            }
+            // UDP to the pool (QUIC): an ICMP error would quote the payload.
+            udp.send_to(b"quic-probe", at(pool, 443)).unwrap();
+            // TCP: a SYN-ACK from the proxy port, a RST from a closed one.
+            for port in [EXPLICIT_PORT, 22, 15001] {
+                let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                    .unwrap();
+                sock.bind(&forged(0).into()).unwrap();
+                let _ =
+                    sock.connect_timeout(&at(FW_AGENT_V4, port).into(), Duration::from_millis(300));
+            }
+            let sock6 =
+                socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None).unwrap();
+            let src6: SocketAddr = "[2001:db8:2::77]:0".parse().unwrap();
+            sock6.bind(&src6.into()).unwrap();
+            let dst6: SocketAddr = "[fd89::1]:3128".parse().unwrap();
+            let _ = sock6.connect_timeout(&dst6.into(), Duration::from_millis(300));
+            let _ = TcpStream::connect_timeout(&at(FW_AGENT_V4, 9), Duration::from_millis(1));
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let after = s.lab.wire().unwrap();
+    assert_eq!(
+        after, before,
+        "the firewall sent something out of its uplink in reply to forged sources"
+    );
+    let rules = s
+        .lab
+        .firewall
+        .exec("nft", &["list", "table", "netdev", "cell"])
+        .unwrap();
+    let rules = String::from_utf8_lossy(&rules.stdout).into_owned();
+    let dropped: u64 = rules
+        .lines()
+        .find(|l| l.contains("counter packets"))
+        .and_then(|l| l.split("counter packets ").nth(1))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(dropped >= 8, "counted drops: {dropped}\n{rules}");
+    let ev = s.lab.events();
+    assert!(
+        ev.iter().any(|e| e["event"] == "spoof"
+            && e["client"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("203.0.113.77"))),
+        "{ev:#?}"
+    );
+    // The agent's own address still works: DNS and the proxy.
+    assert_eq!(resolve(&s.lab, "api.example.test"), pool);
+    let got = s
+        .lab
+        .block_on(s.agent_tls.fetch(
+            s.lab.agent_connect(at(pool, 443)).unwrap(),
+            "api.example.test",
+            vec![get("GET", "api.example.test", "/echo")],
+            64,
+        ))
+        .unwrap();
+    assert_eq!(got[0].status, StatusCode::OK);
+}
+
+/// TCP and UDP from the agent to the firewall's IPv6 link-local address fail
+/// at once (a reset, an ICMPv6 error), on the agent link; nothing leaves the
+/// uplink (no reset routed out of it, no neighbour solicitation for the
+/// agent on the internet side).
+#[test]
+fn link_local_ipv6_to_the_firewall_fails_fast() {
+    let Some(s) = setup() else { return };
+    let out = s
+        .lab
+        .firewall
+        .ip(&["-6", "-o", "addr", "show", "dev", "agent0", "scope", "link"])
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let fw_ll: std::net::Ipv6Addr = text
+        .split_whitespace()
+        .skip_while(|w| *w != "inet6")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no link-local address on agent0: {text}"));
+    let before = s.lab.wire().unwrap();
+    let (tcp, udp) = s
+        .lab
+        .agent
+        .run(move || {
+            let ifindex = nix::net::if_::if_nametoindex("eth0").unwrap();
+            let dst = std::net::SocketAddrV6::new(fw_ll, 1234, 0, ifindex);
+            let started = Instant::now();
+            let tcp = std::net::TcpStream::connect_timeout(&dst.into(), Duration::from_secs(3))
+                .map(|_| ())
+                .map_err(|e| e.kind());
+            let tcp = (tcp, started.elapsed());
+            let sock = std::net::UdpSocket::bind("[::]:0").unwrap();
+            sock.connect(SocketAddr::V6(dst)).unwrap();
+            sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            let started = Instant::now();
+            sock.send(b"probe").unwrap();
+            let mut buf = [0u8; 16];
+            let r = sock.recv(&mut buf).map(|_| ()).map_err(|e| e.kind());
+            (tcp, (r, started.elapsed()))
+        })
+        .unwrap();
+    assert_eq!(tcp.0, Err(std::io::ErrorKind::ConnectionRefused), "{tcp:?}");
+    assert!(tcp.1 < Duration::from_secs(1), "{tcp:?}");
+    assert!(udp.0.is_err() && udp.1 < Duration::from_secs(1), "{udp:?}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(s.lab.wire().unwrap(), before, "something left the uplink");
+}
+
+/// The firewall answers ARP on the agent link only for its listen address:
+/// asked for its uplink address, it stays silent.
+#[test]
+fn arp_on_the_agent_link_only_for_the_listen_address() {
+    let Some(s) = setup() else { return };
+    s.lab
+        .agent
+        .ip(&["route", "add", &format!("{FW_UPLINK_V4}/32"), "dev", "eth0"])
+        .unwrap();
+    s.lab
+        .agent
+        .run(move || {
+            let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            for _ in 0..3 {
+                let _ = sock.send_to(b"x", at(FW_UPLINK_V4, 9));
+                let _ = sock.send_to(b"x", at(FW_AGENT_V4, 9));
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        })
+        .unwrap();
+    let neigh = |ip: Ipv4Addr| {
+        let out = s
+            .lab
+            .agent
+            .ip(&["neigh", "show", &ip.to_string(), "dev", "eth0"])
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        neigh(FW_AGENT_V4).contains("lladdr"),
+        "{}",
+        neigh(FW_AGENT_V4)
+    );
+    assert!(
+        !neigh(FW_UPLINK_V4).contains("lladdr"),
+        "the firewall answered ARP for its uplink address: {}",
+        neigh(FW_UPLINK_V4)
+    );
+}

@@ -112,6 +112,8 @@ fn print_ruleset() {
             "eth7",
             "--listen",
             "10.1.2.3",
+            "--agent-addr",
+            "10.1.2.4",
             "--policy",
         ])
         .arg(&p)

@@ -599,6 +599,7 @@ fn reapplying_the_same_ruleset_is_a_noop() {
         transparent_port: 15001,
         explicit_port: 3128,
         nflog_group: 7,
+        agent_addrs: vec![lab::AGENT_V4.into()],
     };
     let compile = |json: &str| {
         nft::compile(

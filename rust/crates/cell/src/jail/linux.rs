@@ -224,6 +224,8 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         "agent0",
         "--listen",
         FW_ADDR,
+        "--agent-addr",
+        AGENT_ADDR.split('/').next().expect("an address"),
         "--listen-netns",
         fw.name(),
     ]);
