@@ -256,6 +256,7 @@ in
       idleTimeoutSecs = limit 300 [ 1 86400 ] "A proxied connection with no traffic is closed after this, seconds";
       connectTimeoutMs = limit 10000 [ 100 120000 ] "Time allowed to connect upstream, milliseconds";
       certCache = limit 1024 [ 1 1048576 ] "Minted certificates kept in memory";
+      wildcardNamesPerMinute = limit 60 [ 1 100000 ] "New distinct names under one wildcard entry looked up upstream per minute";
     };
 
     document = mkOption {

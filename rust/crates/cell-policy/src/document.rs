@@ -228,6 +228,11 @@ pub struct Limits {
     /// Time allowed to connect (and TLS-handshake) upstream, milliseconds.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_ms: u32,
+    /// New distinct names under one wildcard entry the firewall may look up
+    /// upstream per minute (names already looked up do not count): bounds the
+    /// DNS channel an invented name under an allowed wildcard opens.
+    #[serde(default = "default_wildcard_names_per_minute")]
+    pub wildcard_names_per_minute: u32,
     /// Minted leaf certificates kept in memory.
     #[serde(default = "default_cert_cache")]
     pub cert_cache: u32,
@@ -250,6 +255,9 @@ fn default_idle_timeout() -> u32 {
 }
 fn default_connect_timeout() -> u32 {
     10_000
+}
+fn default_wildcard_names_per_minute() -> u32 {
+    60
 }
 fn default_cert_cache() -> u32 {
     1024
@@ -281,6 +289,7 @@ impl Default for Limits {
             request_head_timeout_ms: default_request_head_timeout(),
             idle_timeout_secs: default_idle_timeout(),
             connect_timeout_ms: default_connect_timeout(),
+            wildcard_names_per_minute: default_wildcard_names_per_minute(),
             cert_cache: default_cert_cache(),
         }
     }

@@ -150,6 +150,11 @@ impl HostPattern {
     }
 
     /// Whether `name` (already normalized with [`normalize_host`]) is covered.
+    /// Does this pattern match more than one name (a wildcard, or `*`)?
+    pub fn is_wildcard(&self) -> bool {
+        !matches!(self, HostPattern::Exact(_))
+    }
+
     pub fn matches(&self, name: &str) -> bool {
         match self {
             HostPattern::Exact(exact) => exact == name,

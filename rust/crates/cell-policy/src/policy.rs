@@ -563,6 +563,12 @@ impl Checker {
         range("idleTimeoutSecs", l.idle_timeout_secs, 1, 86_400);
         range("connectTimeoutMs", l.connect_timeout_ms, 100, 120_000);
         range("certCache", l.cert_cache, 1, 1 << 20);
+        range(
+            "wildcardNamesPerMinute",
+            l.wildcard_names_per_minute,
+            1,
+            100_000,
+        );
     }
 }
 

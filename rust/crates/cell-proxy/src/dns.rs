@@ -36,7 +36,8 @@ use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfi
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponseBuilder;
+use hickory_proto::serialize::binary::BinDecoder;
+use hickory_server::zone_handler::{MessageResponseBuilder, Queries};
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
@@ -227,6 +228,34 @@ impl DnsHandler {
                         ..Answer::empty("forward", Some(origin.to_string()))
                     };
                 };
+                // An invented name under a forwarded wildcard goes upstream: bounded.
+                let wildcard = policy
+                    .dns
+                    .forward
+                    .iter()
+                    .any(|f| f.origin == origin && f.pattern.is_wildcard());
+                if wildcard
+                    && self
+                        .state
+                        .name_budget
+                        .admit(
+                            &origin.to_string(),
+                            &name,
+                            policy.limits.wildcard_names_per_minute,
+                        )
+                        .is_err()
+                {
+                    let why = format!(
+                        "{origin} has looked up {} new names this minute (limits.wildcardNamesPerMinute)",
+                        policy.limits.wildcard_names_per_minute
+                    );
+                    return Answer {
+                        rcode: ResponseCode::Refused,
+                        blocked: Some(why.clone()),
+                        reason: Some(why),
+                        ..Answer::empty("deny", Some(origin.to_string()))
+                    };
+                }
                 match fwd.lookup_a(&name).await {
                     Ok(Some(addrs)) => {
                         // The same guard as the proxy's own upstream connections: a
@@ -303,6 +332,27 @@ fn rcode_name(rcode: ResponseCode) -> &'static str {
     }
 }
 
+/// Whether a question name in the raw `message` uses a compression pointer
+/// (or a label type other than a plain length). The reply copies the question
+/// bytes as they came; a pointer in them would then point into the reply's
+/// own header, so such a question is answered FORMERR without an echo.
+fn question_is_compressed(message: &[u8]) -> bool {
+    let count = message.get(4..6).map_or(0, |c| u16::from_be_bytes([c[0], c[1]]));
+    let mut at = 12;
+    for _ in 0..count {
+        loop {
+            match message.get(at) {
+                None => return false,
+                Some(0) => break,
+                Some(len) if len & 0xc0 != 0 => return true,
+                Some(&len) => at += 1 + usize::from(len),
+            }
+        }
+        at += 5;
+    }
+    false
+}
+
 /// `4.3.2.1.in-addr.arpa` → 1.2.3.4
 fn ptr_to_ipv4(name: &str) -> Option<Ipv4Addr> {
     let lower = name.trim_end_matches('.').to_ascii_lowercase();
@@ -334,6 +384,7 @@ impl RequestHandler for DnsHandler {
         });
         let client = request.src();
 
+        let compressed = question_is_compressed(request.as_slice());
         // Bounded concurrency: beyond the limit, refuse at once instead of queueing.
         let permit = self.slots.clone().try_acquire_owned();
         let (answer, qname, qtype) = if permit.is_err() {
@@ -359,6 +410,15 @@ impl RequestHandler for DnsHandler {
             )
         } else {
             match request.request_info() {
+                Ok(_) if compressed => (
+                    Answer {
+                        rcode: ResponseCode::FormErr,
+                        reason: Some("compressed question".into()),
+                        ..Answer::empty("deny", None)
+                    },
+                    None,
+                    None,
+                ),
                 Ok(info) => {
                     let q = info.query;
                     let name: Name = q.name().into();
@@ -418,7 +478,13 @@ impl RequestHandler for DnsHandler {
             ],
         ));
 
-        let mut builder = MessageResponseBuilder::from_message_request(request);
+        // A compressed question is not echoed: its copy would point into the reply's header.
+        let no_question = Queries::read(&mut BinDecoder::new(&[]), 0).expect("empty");
+        let mut builder = if compressed || request.queries.len() != 1 {
+            MessageResponseBuilder::new(&no_question, None)
+        } else {
+            MessageResponseBuilder::from_message_request(request)
+        };
         if let Some(e) = edns.as_ref() {
             builder.edns(e);
         }
@@ -441,6 +507,21 @@ impl RequestHandler for DnsHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 17 finding 3: a question with a compression pointer is spotted
+    /// (the handler answers FORMERR with no question); a plain one is not.
+    #[test]
+    fn compressed_questions_are_spotted() {
+        let pointer = [
+            2, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 2, 1, 2, 0, 1,
+        ];
+        assert!(question_is_compressed(&pointer));
+        let plain = [
+            2, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, b'x', 0, 0, 1, 0, 1,
+        ];
+        assert!(!question_is_compressed(&plain));
+        assert!(!question_is_compressed(&pointer[..4]));
+    }
 
     #[test]
     fn ptr_names() {

@@ -1413,6 +1413,9 @@ pub struct UpstreamRefused {
     pub port: u16,
     /// Each address the name resolved to, and why it was refused.
     pub addrs: Vec<(IpAddr, Refusal)>,
+    /// Refused before any lookup: the wildcard entry (origin) whose budget of
+    /// new names per minute (the number) is spent.
+    pub budget: Option<(String, u32)>,
 }
 
 impl UpstreamRefused {
@@ -1425,7 +1428,12 @@ impl UpstreamRefused {
 
     /// The fix for the 403's body.
     fn fix(&self) -> String {
-        if self.private_only() {
+        if let Some((origin, _)) = &self.budget {
+            format!(
+                "wait a minute, add {} as an entry of its own, or raise limits.wildcardNamesPerMinute ({origin} is a wildcard: every new name under it is visible to its DNS operators)",
+                self.name
+            )
+        } else if self.private_only() {
             format!(
                 "if {} really is a service on a private network, set `privateUpstream = true` on its entry (Nix: cell.policy.https.\"{}\".privateUpstream, or .tcp.)",
                 self.name, self.name
@@ -1441,6 +1449,13 @@ impl UpstreamRefused {
 
 impl std::fmt::Display for UpstreamRefused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some((origin, per_minute)) = &self.budget {
+            return write!(
+                f,
+                "{}:{}: {origin} has looked up {per_minute} new names this minute (limits.wildcardNamesPerMinute); a new name under it is not looked up",
+                self.name, self.port
+            );
+        }
         write!(f, "{}:{} resolves to ", self.name, self.port)?;
         for (i, (ip, why)) in self.addrs.iter().enumerate() {
             if i > 0 {
@@ -1479,6 +1494,45 @@ async fn connect(
     let fwd = state
         .forwarder()
         .context("no upstream resolver configured (dns.upstream)")?;
+    let policy = state.policy();
+    let (private_ok, wildcard) = match policy.connection(name, port) {
+        ConnDecision::Https(e) => (
+            e.private_upstream,
+            e.pattern.is_wildcard().then_some(e.origin),
+        ),
+        ConnDecision::Tcp(e) => (
+            e.private_upstream,
+            e.pattern.is_wildcard().then_some(e.origin),
+        ),
+        ConnDecision::Deny(_) => (false, None),
+    };
+    // An invented name under a wildcard is seen by the domain's DNS: bounded.
+    if let Some(origin) = wildcard {
+        let per_minute = policy.limits.wildcard_names_per_minute;
+        if state
+            .name_budget
+            .admit(&origin.to_string(), name, per_minute)
+            .is_err()
+        {
+            state.events.emit(event(
+                "upstream",
+                [
+                    ("host", name.into()),
+                    ("port", port.into()),
+                    ("decision", "deny".into()),
+                    ("rule", origin.to_string().into()),
+                    ("reason", "wildcard-name-budget".into()),
+                ],
+            ));
+            return Err(anyhow::Error::new(UpstreamRefused {
+                name: name.to_string(),
+                port,
+                addrs: Vec::new(),
+                budget: Some((origin.to_string(), per_minute)),
+            }));
+        }
+    }
+    drop(policy);
     let addrs = fwd
         .lookup(name)
         .await
@@ -1487,11 +1541,6 @@ async fn connect(
         bail!("{name} has no IPv4 address upstream");
     }
     let policy = state.policy();
-    let private_ok = match policy.connection(name, port) {
-        ConnDecision::Https(e) => e.private_upstream,
-        ConnDecision::Tcp(e) => e.private_upstream,
-        ConnDecision::Deny(_) => false,
-    };
     let guard = state.upstream_guard(&policy);
     drop(policy);
     let mut refused = Vec::new();
@@ -1525,6 +1574,7 @@ async fn connect(
             name: name.to_string(),
             port,
             addrs: refused,
+            budget: None,
         }));
     }
     let mut last = None;

@@ -34,6 +34,8 @@ pub struct State {
     reload_lock: Mutex<()>,
     /// The agent link's networks, read where the listeners are bound.
     pub agent_nets: std::sync::OnceLock<Vec<ipnet::IpNet>>,
+    /// New names looked up upstream per wildcard entry ([`NameBudget`]).
+    pub name_budget: NameBudget,
 }
 
 fn forwarder_for(policy: &Policy) -> Option<Arc<Forwarder>> {
@@ -111,6 +113,7 @@ impl State {
             generation: tokio::sync::watch::Sender::new(0),
             reload_lock: Mutex::new(()),
             agent_nets: std::sync::OnceLock::new(),
+            name_budget: NameBudget::default(),
         }))
     }
 
@@ -227,4 +230,100 @@ pub fn local_addresses(iface: Option<&str>) -> Vec<ipnet::IpNet> {
             }
         })
         .collect()
+}
+
+/// How many new distinct names each wildcard entry has had looked up
+/// upstream in the current minute.
+///
+/// Security rule: a name the agent invents under an allowed wildcard
+/// (`<data>.github.com`) must be resolved upstream to be reached, so the
+/// domain's own DNS operators see it: a channel. The budget narrows it:
+/// past `limits.wildcardNamesPerMinute` new names in a minute, further new
+/// names under that entry are refused (a name already looked up stays
+/// allowed). Memory is bounded: the names remembered per entry are capped.
+#[derive(Default)]
+pub struct NameBudget {
+    entries: Mutex<std::collections::HashMap<String, Window>>,
+}
+
+struct Window {
+    started: std::time::Instant,
+    new: u32,
+    seen: std::collections::HashSet<String>,
+    order: std::collections::VecDeque<String>,
+}
+
+/// Names remembered per wildcard entry (older ones count as new again).
+const REMEMBERED: usize = 4096;
+/// Wildcard entries tracked at once (a reload can change them).
+const ENTRIES: usize = 1024;
+
+impl NameBudget {
+    /// May `name` be looked up for wildcard entry `origin`? `Err` when this
+    /// minute's budget of new names is spent.
+    pub fn admit(&self, origin: &str, name: &str, per_minute: u32) -> Result<(), ()> {
+        let mut entries = self.entries.lock().expect("budget lock");
+        if entries.len() >= ENTRIES && !entries.contains_key(origin) {
+            entries.clear();
+        }
+        let w = entries.entry(origin.to_string()).or_insert_with(|| Window {
+            started: std::time::Instant::now(),
+            new: 0,
+            seen: Default::default(),
+            order: Default::default(),
+        });
+        if w.seen.contains(name) {
+            return Ok(());
+        }
+        if w.started.elapsed() >= std::time::Duration::from_secs(60) {
+            w.started = std::time::Instant::now();
+            w.new = 0;
+        }
+        if w.new >= per_minute {
+            return Err(());
+        }
+        w.new += 1;
+        if w.order.len() >= REMEMBERED
+            && let Some(old) = w.order.pop_front()
+        {
+            w.seen.remove(&old);
+        }
+        w.seen.insert(name.to_string());
+        w.order.push_back(name.to_string());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// New names are counted per entry; repeats are free; the budget is per
+    /// minute and per entry.
+    #[test]
+    fn the_budget_counts_new_names_per_entry() {
+        let b = NameBudget::default();
+        for i in 0..3 {
+            assert!(b.admit("policy:tcp[0]", &format!("n{i}.x.test"), 3).is_ok());
+        }
+        assert!(b.admit("policy:tcp[0]", "n3.x.test", 3).is_err());
+        assert!(
+            b.admit("policy:tcp[0]", "n1.x.test", 3).is_ok(),
+            "seen before"
+        );
+        assert!(
+            b.admit("policy:tcp[1]", "n3.x.test", 3).is_ok(),
+            "another entry"
+        );
+        b.entries
+            .lock()
+            .unwrap()
+            .get_mut("policy:tcp[0]")
+            .unwrap()
+            .started -= std::time::Duration::from_secs(61);
+        assert!(
+            b.admit("policy:tcp[0]", "n3.x.test", 3).is_ok(),
+            "a new minute"
+        );
+    }
 }

@@ -26,11 +26,13 @@ const POLICY: &str = r#"{
   "https": [
     { "host": "api.example.test" },
     { "host": "ssrf.example.test" },
-    { "host": "pass.example.test", "passthrough": true }
+    { "host": "pass.example.test", "passthrough": true },
+    { "host": "*.hw.example.test" }
   ],
   "tcp": [
     { "host": "tcp.example.test", "ports": [8080] },
-    { "host": "db.example.test", "ports": [8080], "privateUpstream": true }
+    { "host": "db.example.test", "ports": [8080], "privateUpstream": true },
+    { "host": "*.wild.example.test", "ports": [8080] }
   ],
   "dns": { "upstream": ["192.0.2.53"], "forward": ["fwd.example.test"] }
 }"#;
@@ -677,5 +679,80 @@ fn arp_on_the_agent_link_only_for_the_listen_address() {
         !neigh(FW_UPLINK_V4).contains("lladdr"),
         "the firewall answered ARP for its uplink address: {}",
         neigh(FW_UPLINK_V4)
+    );
+}
+
+/// Names the agent invents under an allowed wildcard (the DNS channel the
+/// firewall's own lookups open, docs/threat-model.md):
+/// - under an `https` wildcard, nothing is looked up until the connection's
+///   ClientHello names it (a connection that is not TLS, or CONNECT followed
+///   by garbage, asks no resolver anything);
+/// - under a `tcp` wildcard the name is looked up when the agent connects
+///   (no protocol can vouch for it), within `wildcardNamesPerMinute`: past
+///   it, new names are refused with an event and never reach the resolver;
+///   names already looked up still work.
+#[test]
+fn invented_wildcard_names_reach_the_resolver_only_within_the_budget() {
+    let Some(s) = setup_with_limits(r#""wildcardNamesPerMinute": 3"#) else {
+        return;
+    };
+    let asked = |lab: &Lab, name: &str| lab.resolver.queries().iter().any(|(n, _)| n == name);
+    // HTTPS wildcard: a non-TLS client, and CONNECT followed by garbage.
+    let ip = resolve(&s.lab, "exfil-one.hw.example.test");
+    let (r, _) = tcp_exchange(&s.lab, at(ip, 443));
+    assert!(r.is_err(), "{r:?}");
+    let (head, mut tunnel) = connect_via_proxy(&s.lab, "exfil-two.hw.example.test:443");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    tunnel.write_all(b"not a client hello\r\n\r\n").unwrap();
+    let mut buf = [0u8; 16];
+    let _ = tunnel.read(&mut buf);
+    std::thread::sleep(Duration::from_millis(200));
+    for n in ["exfil-one.hw.example.test", "exfil-two.hw.example.test"] {
+        assert!(
+            !asked(&s.lab, n),
+            "{n} was looked up: {:?}",
+            s.lab.resolver.queries()
+        );
+    }
+    // TCP wildcard: three new names are looked up, the fourth is not.
+    for i in 0..4 {
+        let name = format!("n{i}.wild.example.test");
+        s.lab.resolver.set(&name, &[WEB_V4]);
+    }
+    let internet = s.lab.tcp_recorder(at(WEB_V4, 8080)).unwrap();
+    for i in 0..4 {
+        let name = format!("n{i}.wild.example.test");
+        let (r, took) = tcp_exchange(&s.lab, at(resolve(&s.lab, &name), 8080));
+        if i < 3 {
+            assert!(r.is_ok(), "{name}: {r:?}");
+            assert!(asked(&s.lab, &name));
+        } else {
+            assert!(
+                r.is_err() && took < Duration::from_secs(1),
+                "{name}: {r:?} after {took:?}"
+            );
+            assert!(
+                !asked(&s.lab, &name),
+                "{name} reached the resolver past the budget"
+            );
+        }
+    }
+    // A name already looked up stays allowed.
+    let (r, _) = tcp_exchange(&s.lab, at(resolve(&s.lab, "n0.wild.example.test"), 8080));
+    assert!(r.is_ok(), "{r:?}");
+    assert_eq!(internet.seen().len(), 4);
+    let ev = s.lab.events();
+    assert!(
+        ev.iter().any(|e| e["event"] == "upstream"
+            && e["reason"] == "wildcard-name-budget"
+            && e["host"] == "n3.wild.example.test"),
+        "{ev:#?}"
+    );
+    // Through CONNECT the refusal is a 403 that says which budget.
+    s.lab.resolver.set("n4.wild.example.test", &[WEB_V4]);
+    let (head, _) = connect_via_proxy(&s.lab, "n4.wild.example.test:8080");
+    assert!(
+        head.starts_with("HTTP/1.1 403") && head.contains("wildcardNamesPerMinute"),
+        "{head}"
     );
 }
