@@ -981,7 +981,13 @@ impl Proxy {
         // Bodies are metered as they stream; the event is written when the
         // response body ends (or the client goes away), with bytes and duration.
         let up = Arc::new(AtomicU64::new(0));
-        let req = req.map(|b| Metered::new(b, up.clone(), None));
+        let body_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = body_failed.clone();
+        let req = req.map(|b| {
+            let mut m = Metered::new(b, up.clone(), None);
+            m.failed = flag;
+            m
+        });
         match client.request(req).await {
             Ok(mut resp) => {
                 strip_hop_by_hop(resp.headers_mut());
@@ -1007,6 +1013,16 @@ impl Proxy {
                 resp.map(|b| Metered::new(b, Arc::new(AtomicU64::new(0)), Some(done)).boxed())
             }
             Err(e) => {
+                // The client's own body was malformed (an overflowing chunk size,
+                // say): its fault, not the upstream's.
+                if body_failed.load(Ordering::Relaxed) {
+                    return deny(
+                        StatusCode::BAD_REQUEST,
+                        format!("malformed request body: {}", anyhow!(e)),
+                        "send a well-formed body (valid chunk sizes, the declared length)".into(),
+                        "framing",
+                    );
+                }
                 if let Some(refused) = refused_in(&e) {
                     return deny(
                         StatusCode::FORBIDDEN,
@@ -1176,6 +1192,8 @@ pub struct Metered<B> {
     inner: B,
     bytes: Arc<AtomicU64>,
     done: Option<Box<dyn FnOnce(u64) + Send + Sync>>,
+    /// Set when the inner body fails (a client's malformed chunked body).
+    failed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl<B> Metered<B> {
@@ -1184,7 +1202,12 @@ impl<B> Metered<B> {
         bytes: Arc<AtomicU64>,
         done: Option<Box<dyn FnOnce(u64) + Send + Sync>>,
     ) -> Self {
-        Metered { inner, bytes, done }
+        Metered {
+            inner,
+            bytes,
+            done,
+            failed: Arc::default(),
+        }
     }
 
     fn finish(&mut self) {
@@ -1216,7 +1239,11 @@ impl<B: hyper::body::Body<Data = Bytes> + Unpin> hyper::body::Body for Metered<B
                     this.bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
                 }
             }
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.finish(),
+            Poll::Ready(Some(Err(_))) => {
+                this.failed.store(true, Ordering::Relaxed);
+                this.finish();
+            }
+            Poll::Ready(None) => this.finish(),
             Poll::Pending => {}
         }
         r
@@ -1231,7 +1258,6 @@ impl<B: hyper::body::Body<Data = Bytes> + Unpin> hyper::body::Body for Metered<B
     }
 }
 
-/// Resolves once no plaintext byte has moved either way for `idle`.
 /// Resolves if no request head has arrived `timeout` after it was called;
 /// never resolves once one has.
 async fn first_head_watch(seen: &std::sync::atomic::AtomicBool, timeout: Duration) {
@@ -1241,6 +1267,7 @@ async fn first_head_watch(seen: &std::sync::atomic::AtomicBool, timeout: Duratio
     }
 }
 
+/// Resolves once no plaintext byte has moved either way for `idle`.
 async fn idle_watch(stats: &crate::framing::Flags, idle: Duration) {
     let moved =
         || stats.bytes_up.load(Ordering::Relaxed) + stats.bytes_down.load(Ordering::Relaxed);

@@ -756,3 +756,36 @@ fn invented_wildcard_names_reach_the_resolver_only_within_the_budget() {
         "{head}"
     );
 }
+
+/// A chunk size that overflows is the client's malformed body: a 400 that
+/// says so, not a 502 blaming the upstream.
+#[test]
+fn an_overflowing_chunk_size_is_a_bad_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(s) = setup() else { return };
+    let ip = resolve(&s.lab, "api.example.test");
+    let ca = s.lab.cell_ca_pem().unwrap();
+    let h1 = Client::new(&ca, &[b"http/1.1"]).unwrap();
+    let answer = |body: &'static [u8]| {
+        s.lab.block_on(async {
+            let mut tls = h1
+                .raw(s.lab.agent_connect(at(ip, 443)).unwrap(), "api.example.test")
+                .await
+                .unwrap();
+            tls.write_all(
+                b"POST /echo HTTP/1.1\r\nHost: api.example.test\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n",
+            )
+            .await
+            .unwrap();
+            tls.write_all(body).await.unwrap();
+            let mut out = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(3), tls.read_to_end(&mut out)).await;
+            String::from_utf8_lossy(&out).into_owned()
+        })
+    };
+    let bad = answer(b"5\r\nhello\r\nfffffffffffffffffffffff\r\nx\r\n0\r\n\r\n");
+    assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
+    assert!(bad.contains("malformed request body"), "{bad}");
+    let good = answer(b"5\r\nhello\r\n0\r\n\r\n");
+    assert!(good.starts_with("HTTP/1.1 200"), "{good}");
+}
