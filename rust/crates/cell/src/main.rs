@@ -141,7 +141,7 @@ enum Command {
 Examples:
   cell allow https pypi.org
   cell allow https api.github.com --method GET --path '/repos/**'
-  cell allow tcp db.internal.example:5432
+  cell allow tcp db.internal.example:5432 --private-upstream
   cell allow --edit          edit the overlay in $EDITOR (validated before it is used)
 
 In force within a second; the reply lists what changed. An invalid change is refused
@@ -166,6 +166,11 @@ configuration (`cell.policy`) and run `cell provision`.")]
         /// Relay TLS untouched after checking the SNI (no interception, no method/path rules).
         #[arg(long)]
         passthrough: bool,
+        /// Let the host resolve to a private or shared address (RFC 1918, 100.64/10, ULA):
+        /// a service on a corporate network. Loopback, link-local, the firewall and the
+        /// agent link stay refused whatever this says.
+        #[arg(long)]
+        private_upstream: bool,
         /// Open the overlay in $EDITOR instead.
         #[arg(long, conflicts_with_all = ["kind", "target"])]
         edit: bool,
@@ -296,6 +301,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             paths,
             port,
             passthrough,
+            private_upstream,
             edit,
         }) => {
             let change = if edit {
@@ -315,7 +321,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                         if !methods.is_empty() || !paths.is_empty() || passthrough {
                             bail!("--method, --path and --passthrough apply to https only");
                         }
-                        Change::Tcp(host, port)
+                        Change::Tcp(host, port, private_upstream)
                     }
                     _ => Change::Https(overlay::HttpsRequest {
                         host: target,
@@ -323,6 +329,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                         methods,
                         paths,
                         passthrough,
+                        private_upstream,
                     }),
                 }
             };
@@ -683,7 +690,8 @@ fn base_policy(meta: &Meta) -> anyhow::Result<PolicyDocument> {
 
 enum Change {
     Https(overlay::HttpsRequest),
-    Tcp(String, u16),
+    /// Host, port, privateUpstream.
+    Tcp(String, u16, bool),
     Deny(String),
     Edit,
 }
@@ -699,9 +707,9 @@ fn change_overlay(name: &str, change: Change) -> anyhow::Result<u8> {
             overlay::allow_https(&mut o, &req);
             o
         }
-        Change::Tcp(host, port) => {
+        Change::Tcp(host, port, private_upstream) => {
             let mut o = old.clone();
-            overlay::allow_tcp(&mut o, &host, port);
+            overlay::allow_tcp(&mut o, &host, port, private_upstream);
             o
         }
         Change::Deny(host) => {

@@ -51,12 +51,20 @@ pub fn https_line(r: &HttpsRule) -> String {
     if r.passthrough {
         s.push_str(" passthrough");
     }
+    if r.private_upstream {
+        s.push_str(" private-upstream");
+    }
     s
 }
 
 pub fn tcp_line(r: &TcpRule) -> String {
     let ports: Vec<String> = r.ports.iter().map(u16::to_string).collect();
-    format!("tcp {}:{}", r.host, ports.join(","))
+    let private = if r.private_upstream {
+        " private-upstream"
+    } else {
+        ""
+    };
+    format!("tcp {}:{}{private}", r.host, ports.join(","))
 }
 
 /// What changed between two overlays, one `+`/`-` line per entry.
@@ -95,6 +103,7 @@ pub struct HttpsRequest {
     pub methods: Vec<String>,
     pub paths: Vec<String>,
     pub passthrough: bool,
+    pub private_upstream: bool,
 }
 
 /// Adds an HTTPS rule (and lifts an overlay denial of the same host).
@@ -108,7 +117,7 @@ pub fn allow_https(o: &mut OverlayDocument, req: &HttpsRequest) {
         methods: (!req.methods.is_empty()).then(|| req.methods.clone()),
         paths: (!req.paths.is_empty()).then(|| req.paths.clone()),
         passthrough: req.passthrough,
-        private_upstream: false,
+        private_upstream: req.private_upstream,
         comment: None,
     };
     o.deny.retain(|d| d != &req.host);
@@ -117,19 +126,20 @@ pub fn allow_https(o: &mut OverlayDocument, req: &HttpsRequest) {
     }
 }
 
-pub fn allow_tcp(o: &mut OverlayDocument, host: &str, port: u16) {
+pub fn allow_tcp(o: &mut OverlayDocument, host: &str, port: u16, private_upstream: bool) {
     o.deny.retain(|d| d != host);
     if let Some(r) = o.tcp.iter_mut().find(|r| r.host == host) {
         if !r.ports.contains(&port) {
             r.ports.push(port);
         }
+        r.private_upstream |= private_upstream;
     } else {
         o.tcp.push(TcpRule {
             host: host.to_string(),
             include_apex: false,
             allow_any_host: false,
             ports: vec![port],
-            private_upstream: false,
+            private_upstream,
             comment: None,
         });
     }
@@ -171,12 +181,20 @@ pub fn render_effective(p: &Policy) -> String {
         if r.passthrough {
             s.push_str("  passthrough");
         }
+        if r.private_upstream {
+            s.push_str("  private-upstream");
+        }
         rows.push((s, origin(r.origin)));
     }
     for r in &p.tcp {
         let ports: Vec<String> = r.ports.iter().map(u16::to_string).collect();
+        let private = if r.private_upstream {
+            "  private-upstream"
+        } else {
+            ""
+        };
         rows.push((
-            format!("tcp    {}:{}", r.pattern, ports.join(",")),
+            format!("tcp    {}:{}{private}", r.pattern, ports.join(",")),
             origin(r.origin),
         ));
     }
@@ -239,11 +257,15 @@ mod tests {
         };
         allow_https(&mut o, &req);
         allow_https(&mut o, &req);
-        allow_tcp(&mut o, "db.internal.example", 5432);
-        allow_tcp(&mut o, "db.internal.example", 5433);
-        allow_tcp(&mut o, "db.internal.example", 5432);
+        allow_tcp(&mut o, "db.internal.example", 5432, false);
+        allow_tcp(&mut o, "db.internal.example", 5433, true);
+        allow_tcp(&mut o, "db.internal.example", 5432, false);
         assert_eq!(o.https.len(), 1);
         assert_eq!(o.tcp[0].ports, vec![5432, 5433]);
+        assert!(
+            o.tcp[0].private_upstream,
+            "--private-upstream on any port sets it"
+        );
         let p = validate(&b, &o).unwrap();
         assert!(matches!(
             p.connection("pypi.org", 443),
@@ -253,7 +275,7 @@ mod tests {
             diff(&old, &o),
             vec![
                 "+ https pypi.org methods GET paths /simple/**",
-                "+ tcp db.internal.example:5432,5433"
+                "+ tcp db.internal.example:5432,5433 private-upstream"
             ]
         );
     }
@@ -324,7 +346,7 @@ mod tests {
     fn the_effective_policy_names_each_origin() {
         let b = base();
         let mut o = OverlayDocument::default();
-        allow_tcp(&mut o, "db.example", 5432);
+        allow_tcp(&mut o, "db.example", 5432, false);
         o.deny.push("gist.github.com".into());
         let text = render_effective(&validate(&b, &o).unwrap());
         for want in [
