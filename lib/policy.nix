@@ -62,6 +62,7 @@ let
             methods = e.methods or null;
             paths = e.paths or null;
             passthrough = flag (e.passthrough or false);
+            privateUpstream = flag (e.privateUpstream or false);
             comment = e.comment or null;
           }
       )
@@ -85,6 +86,7 @@ let
             includeApex = flag (e.includeApex or false);
             allowAnyHost = flag (e.allowAnyHost or false);
             inherit ports;
+            privateUpstream = flag (e.privateUpstream or false);
             comment = e.comment or null;
           }
       )

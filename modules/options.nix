@@ -102,6 +102,11 @@ let
       default = null;
       description = "Shown next to the entry by `cell policy`.";
     };
+    privateUpstream = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Let this host resolve to a private or shared address (RFC 1918, RFC 6598, ULA): a service on a corporate network. Loopback, link-local (cloud metadata), the firewall's own addresses and the agent link are refused whatever this says.";
+    };
   };
 
   httpsEntry = types.submodule {

@@ -35,6 +35,7 @@ let
         https."a.example" = {
           includeApex = false;
           passthrough = false;
+          privateUpstream = false;
           ports = null;
           methods = null;
         };
@@ -72,6 +73,37 @@ let
         ports = [ 22 ];
       }
     ])
+    (eq "privateUpstream is carried over for https and tcp"
+      (
+        let
+          d = toDocument {
+            https."intranet.corp.example".privateUpstream = true;
+            tcp."db.corp.example" = {
+              ports = [ 5432 ];
+              privateUpstream = true;
+            };
+          };
+        in
+        [
+          d.https
+          d.tcp
+        ]
+      )
+      [
+        [
+          {
+            host = "intranet.corp.example";
+            privateUpstream = true;
+          }
+        ]
+        [
+          {
+            host = "db.corp.example";
+            ports = [ 5432 ];
+            privateUpstream = true;
+          }
+        ]
+      ])
     (eq "cidr entries"
       (toDocument {
         cidr = [

@@ -160,10 +160,12 @@ fn lib_document_passes_cell_proxy_check() {
           https."*.github.com" = { includeApex = true; methods = [ "GET" "POST" ]; paths = [ "/repos/**" ]; };
           https."pinned.example.com" = { passthrough = true; ports = [ 443 8443 ]; };
           tcp."github.com".ports = [ 22 ];
+          tcp."db.corp.example" = { ports = [ 5432 ]; privateUpstream = true; };
+          https."intranet.corp.example".privateUpstream = true;
           cidr = [ { cidr = "192.0.2.0/28"; protocol = "tcp"; ports = [ 5432 ]; } ];
           deny = [ "gist.github.com" ];
           dns = { ttl = 30; upstream = [ "192.0.2.53" ]; forward = [ "*.corp.example" ]; syntheticPool = null; };
-          limits = { proxyConnections = 512; certCache = null; };
+          limits = { proxyConnections = 512; certCache = null; requestHeadTimeoutMs = 5000; wildcardNamesPerMinute = 30; };
         }"#,
     ]);
     check(&doc);
