@@ -3,7 +3,8 @@
 # it receives), `firewall` (nixosModules.firewall) and `agent`
 # (nixosModules.agent) — the agent's only link is to the firewall, the
 # firewall's uplink is the internet's network. A scenario file gives its
-# policy, extra node modules and the Python test script; it must check the
+# policy, extra node modules (`firewall`, `agent`, `internet`) and the Python
+# test script; it must check the
 # allowed and the denied path.
 #
 # pkgs.testers.runNixOSTest already marks the test derivation
@@ -40,6 +41,7 @@ pkgs.testers.runNixOSTest {
   name = "cell-${name}";
 
   nodes.internet = {
+    imports = [ (t.internet or { }) ];
     virtualisation.interfaces.eth1 = {
       vlan = 1;
       assignIP = true;
