@@ -4,10 +4,25 @@
 //! drops the length and closes the connection after the response (what RFC
 //! 9112 §6.3 asks of an intermediary), so the request never looks ambiguous
 //! to the proxy. Security rule: such a request is refused (400), not relayed.
-//! [`FramingWatch`] sees the bytes first: it follows message boundaries
-//! (heads and chunk sizes parsed by `httparse`) and records the ordinal of
-//! the first request whose head carries both headers. The service counts its
-//! requests and refuses that one. After it, the connection is closed anyway.
+//! [`FramingWatch`] sees the bytes first: it follows message boundaries the
+//! way hyper does (heads parsed by `httparse` as hyper calls it, bodies by
+//! `Content-Length` or by a copy of hyper's chunked decoder) and records the
+//! ordinal of the first request it cannot vouch for. The service counts its
+//! requests and refuses that one and every later one.
+//!
+//! Security rule: the watch and hyper must agree on where every head, line
+//! and body ends, or a second request hides inside the first. So the watch
+//! refuses what it cannot follow exactly instead of guessing:
+//! - a head with both framing headers;
+//! - a head with a bare LF line ending (hyper accepts one, RFC 9112 §2.2
+//!   lets a server refuse it; refusing keeps one line rule: CRLF);
+//! - anything hyper would refuse anyway (a bad head, a bad chunk line, a
+//!   head longer than any limit the policy allows), so that a mismatch
+//!   between the two parsers fails closed.
+//!
+//! Upgrade and CONNECT requests are followed like any other: if the upgrade
+//! happens hyper stops calling the service, and if it does not (the upstream
+//! answered without 101) the next requests are still watched.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,9 +31,16 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Largest head or chunk-size line followed; past it the watch gives up
-/// (and hyper's own limits refuse the request).
-const MAX_LINE: usize = 64 * 1024;
+/// Longest request head followed: above the largest `headerBytes` a policy
+/// may set (1 MiB, hyper's buffer), so past it hyper has refused the head too.
+const MAX_HEAD: usize = (1 << 20) + 1;
+/// hyper's limit on one chunk's extension bytes (`CHUNKED_EXTENSIONS_LIMIT`).
+const MAX_EXTENSION: u64 = 1 << 14;
+/// hyper's default header count; more fields in a head or trailer is an error.
+const MAX_FIELDS: usize = 100;
+/// HTTP/2's connection preface starts like a request head; hyper-util's
+/// auto server takes it as HTTP/2, whose framing is not this module's concern.
+const H2_PREFACE_HEAD: &[u8] = b"PRI * HTTP/2.0\r\n\r\n";
 const NONE: u64 = u64::MAX;
 
 /// Shared between the watch (writer) and the service (reader); also counts
@@ -41,22 +63,45 @@ impl Flags {
         })
     }
 
-    /// Called once per request by the service: is this one ambiguous?
+    /// Called once per request by the service: must it be refused? True for
+    /// the first request the watch could not vouch for and all after it.
     pub fn next_request_is_ambiguous(&self) -> bool {
         let n = self.served.fetch_add(1, Ordering::SeqCst);
-        self.ambiguous.load(Ordering::SeqCst) == n
+        n >= self.ambiguous.load(Ordering::SeqCst)
     }
+
+    /// The ordinal of the first refused request, if any (for tests and fuzzing).
+    pub fn first_refused(&self) -> Option<u64> {
+        match self.ambiguous.load(Ordering::SeqCst) {
+            NONE => None,
+            n => Some(n),
+        }
+    }
+}
+
+/// hyper's chunked decoder states (hyper `proto/h1/decode.rs`), same names.
+#[derive(Debug, Clone, Copy)]
+enum Chunk {
+    Start,
+    Size,
+    SizeLws,
+    Extension(u64),
+    SizeLf,
+    Body(u64),
+    BodyCr,
+    BodyLf,
+    Trailer,
+    TrailerLf,
+    EndCr,
+    EndLf,
 }
 
 #[derive(Debug)]
 enum Phase {
     Head,
     Body(u64),
-    ChunkSize,
-    ChunkData(u64),
-    ChunkDataEnd(u8),
-    Trailers,
-    /// Upgraded, CONNECT, flagged, or beyond what we follow: stop watching.
+    Chunked(Chunk),
+    /// Refused, or an HTTP/2 connection: stop watching.
     Stop,
 }
 
@@ -65,8 +110,15 @@ enum Phase {
 pub struct Tracker {
     phase: Phase,
     line: Vec<u8>,
+    /// Size of the chunk being read; bytes and fields of the trailer section.
+    size: u64,
+    trailer_bytes: usize,
+    trailer_fields: usize,
     ordinal: u64,
     flags: Arc<Flags>,
+    /// The request targets of the heads followed, when asked (fuzzing compares
+    /// them with what hyper delivered).
+    targets: Option<Vec<Vec<u8>>>,
 }
 
 impl Tracker {
@@ -74,62 +126,97 @@ impl Tracker {
         Tracker {
             phase: Phase::Head,
             line: Vec::new(),
+            size: 0,
+            trailer_bytes: 0,
+            trailer_fields: 0,
             ordinal: 0,
             flags,
+            targets: None,
         }
     }
 
+    /// Also records each followed head's request target (see [`Tracker::targets`]).
+    #[doc(hidden)]
+    pub fn recording(mut self) -> Tracker {
+        self.targets = Some(Vec::new());
+        self
+    }
+
+    #[doc(hidden)]
+    pub fn targets(&self) -> &[Vec<u8>] {
+        self.targets.as_deref().unwrap_or(&[])
+    }
+
+    /// Refuses request `self.ordinal` (the one being read, or the next one
+    /// when a body is being read) and everything after it.
+    fn refuse(&mut self) {
+        self.flags
+            .ambiguous
+            .fetch_min(self.ordinal, Ordering::SeqCst);
+        self.phase = Phase::Stop;
+        self.line = Vec::new();
+    }
+
     fn head_done(&mut self) {
-        let mut headers = [httparse::EMPTY_HEADER; 128];
+        if self.line == H2_PREFACE_HEAD {
+            self.phase = Phase::Stop;
+            return;
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_FIELDS];
         let mut req = httparse::Request::new(&mut headers);
-        let Ok(httparse::Status::Complete(_)) = req.parse(&self.line) else {
-            self.phase = Phase::Stop;
-            return;
-        };
-        let has = |name: &str| {
-            req.headers
-                .iter()
-                .any(|h| h.name.eq_ignore_ascii_case(name))
-        };
-        let (cl, te) = (has("content-length"), has("transfer-encoding"));
+        match req.parse(&self.line) {
+            Ok(httparse::Status::Complete(n)) if n == self.line.len() => {}
+            _ => return self.refuse(),
+        }
+        let is = |h: &httparse::Header, name: &str| h.name.eq_ignore_ascii_case(name);
+        let cl = req.headers.iter().any(|h| is(h, "content-length"));
+        let te = req.headers.iter().any(|h| is(h, "transfer-encoding"));
         if cl && te {
-            self.flags.ambiguous.store(self.ordinal, Ordering::SeqCst);
-            self.phase = Phase::Stop;
-            return;
+            return self.refuse();
         }
-        if req.method == Some("CONNECT") || has("upgrade") {
-            self.phase = Phase::Stop;
-            return;
-        }
-        let chunked = req
-            .headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
-            .filter_map(|h| std::str::from_utf8(h.value).ok())
-            .next_back()
-            .is_some_and(|v| {
-                v.rsplit(',')
-                    .next()
-                    .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
+        // As hyper: TE is an error before HTTP/1.1, and chunked must be the
+        // last coding of the last field; every Content-Length is all digits,
+        // and all agree.
+        let framing = if te {
+            let last = req
+                .headers
+                .iter()
+                .rev()
+                .find(|h| is(h, "transfer-encoding"));
+            let chunked = last.is_some_and(|h| {
+                h.value
+                    .iter()
+                    .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+                    && h.value
+                        .rsplit(|&b| b == b',')
+                        .next()
+                        .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
             });
-        let length = req
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-            .and_then(|h| {
-                std::str::from_utf8(h.value)
-                    .ok()?
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            })
-            .unwrap_or(0);
-        self.ordinal += 1;
-        self.phase = if chunked {
-            Phase::ChunkSize
+            if req.version != Some(1) || !chunked {
+                return self.refuse();
+            }
+            Phase::Chunked(Chunk::Start)
         } else {
-            Phase::Body(length)
+            let mut length = None;
+            for h in req.headers.iter().filter(|h| is(h, "content-length")) {
+                let Some(n) = digits(h.value) else {
+                    return self.refuse();
+                };
+                if length.is_some_and(|l| l != n) {
+                    return self.refuse();
+                }
+                length = Some(n);
+            }
+            match length.unwrap_or(0) {
+                0 => Phase::Head,
+                n => Phase::Body(n),
+            }
         };
+        if let (Some(t), Some(path)) = (&mut self.targets, req.path) {
+            t.push(path.as_bytes().to_vec());
+        }
+        self.ordinal += 1;
+        self.phase = framing;
     }
 
     /// Follows `data`, the next bytes the client sent.
@@ -138,19 +225,51 @@ impl Tracker {
             match &mut self.phase {
                 Phase::Stop => return,
                 Phase::Head => {
-                    // Empty lines before a request line are allowed (RFC 9112 §2.2).
+                    // Empty lines before a request line are skipped (RFC 9112
+                    // §2.2), as httparse does; a lone CR there is its error.
                     if self.line.is_empty() && (data[0] == b'\r' || data[0] == b'\n') {
                         data = &data[1..];
                         continue;
                     }
-                    let (take, done) = until(data, &self.line, b"\r\n\r\n");
-                    self.line.extend_from_slice(&data[..take]);
-                    data = &data[take..];
-                    if done {
-                        self.head_done();
-                        self.line.clear();
-                    } else if self.line.len() > MAX_LINE {
-                        self.phase = Phase::Stop;
+                    // The head ends at the first CRLF CRLF; a LF without its
+                    // CR before it is refused (hyper would end a line there).
+                    let mut end = None;
+                    for (i, &b) in data.iter().enumerate() {
+                        if b != b'\n' {
+                            continue;
+                        }
+                        let at = self.line.len() + i;
+                        let byte = |k: usize| {
+                            if k < self.line.len() {
+                                self.line[k]
+                            } else {
+                                data[k - self.line.len()]
+                            }
+                        };
+                        if at == 0 || byte(at - 1) != b'\r' {
+                            end = Some(None);
+                            break;
+                        }
+                        if at >= 3 && byte(at - 2) == b'\n' && byte(at - 3) == b'\r' {
+                            end = Some(Some(i + 1));
+                            break;
+                        }
+                    }
+                    match end {
+                        Some(None) => return self.refuse(),
+                        Some(Some(take)) => {
+                            self.line.extend_from_slice(&data[..take]);
+                            data = &data[take..];
+                            self.head_done();
+                            self.line.clear();
+                        }
+                        None => {
+                            self.line.extend_from_slice(data);
+                            data = &[];
+                            if self.line.len() > MAX_HEAD {
+                                return self.refuse();
+                            }
+                        }
                     }
                 }
                 Phase::Body(left) => {
@@ -161,78 +280,104 @@ impl Tracker {
                         self.phase = Phase::Head;
                     }
                 }
-                Phase::ChunkSize => {
-                    let (take, done) = until(data, &self.line, b"\r\n");
-                    self.line.extend_from_slice(&data[..take]);
-                    data = &data[take..];
-                    if done {
-                        self.phase = match httparse::parse_chunk_size(&self.line) {
-                            Ok(httparse::Status::Complete((_, 0))) => Phase::Trailers,
-                            Ok(httparse::Status::Complete((_, size))) => Phase::ChunkData(size),
-                            _ => Phase::Stop,
-                        };
-                        self.line.clear();
-                    } else if self.line.len() > MAX_LINE {
-                        self.phase = Phase::Stop;
-                    }
-                }
-                Phase::ChunkData(left) => {
+                Phase::Chunked(Chunk::Body(left)) => {
                     let n = (*left).min(data.len() as u64);
                     *left -= n;
                     data = &data[n as usize..];
                     if *left == 0 {
-                        self.phase = Phase::ChunkDataEnd(2);
+                        self.phase = Phase::Chunked(Chunk::BodyCr);
                     }
                 }
-                Phase::ChunkDataEnd(left) => {
-                    *left -= 1;
+                Phase::Chunked(state) => {
+                    let state = *state;
+                    let b = data[0];
                     data = &data[1..];
-                    if *left == 0 {
-                        self.phase = Phase::ChunkSize;
-                    }
-                }
-                Phase::Trailers => {
-                    // Either an empty line at once, or trailer fields ending in one.
-                    let (take, done) = until(data, &self.line, b"\r\n");
-                    self.line.extend_from_slice(&data[..take]);
-                    data = &data[take..];
-                    if done {
-                        if self.line == b"\r\n" {
-                            self.phase = Phase::Head;
-                        }
-                        self.line.clear();
-                    } else if self.line.len() > MAX_LINE {
-                        self.phase = Phase::Stop;
+                    match self.chunk_byte(state, b) {
+                        Some(Some(next)) => self.phase = Phase::Chunked(next),
+                        Some(None) => self.phase = Phase::Head,
+                        None => return self.refuse(),
                     }
                 }
             }
         }
+    }
+
+    /// One byte through hyper's chunked decoder: the next state, `Some(None)`
+    /// at the end of the body, `None` where hyper fails.
+    fn chunk_byte(&mut self, state: Chunk, b: u8) -> Option<Option<Chunk>> {
+        let hex = |b: u8| (b as char).to_digit(16).map(u64::from);
+        let next = match state {
+            Chunk::Start => {
+                self.size = hex(b)?;
+                self.trailer_bytes = 0;
+                self.trailer_fields = 0;
+                Chunk::Size
+            }
+            Chunk::Size => match b {
+                b'\t' | b' ' => Chunk::SizeLws,
+                b';' => Chunk::Extension(0),
+                b'\r' => Chunk::SizeLf,
+                _ => {
+                    self.size = self.size.checked_mul(16)?.checked_add(hex(b)?)?;
+                    Chunk::Size
+                }
+            },
+            Chunk::SizeLws => match b {
+                b'\t' | b' ' => Chunk::SizeLws,
+                b';' => Chunk::Extension(0),
+                b'\r' => Chunk::SizeLf,
+                _ => return None,
+            },
+            Chunk::Extension(n) => match b {
+                b'\r' => Chunk::SizeLf,
+                b'\n' => return None,
+                _ if n + 1 >= MAX_EXTENSION => return None,
+                _ => Chunk::Extension(n + 1),
+            },
+            Chunk::SizeLf if b != b'\n' => return None,
+            Chunk::SizeLf if self.size == 0 => Chunk::EndCr,
+            Chunk::SizeLf => Chunk::Body(self.size),
+            // Zero-length bodies never stay in `Body`; `feed` reads the data.
+            Chunk::Body(_) => return None,
+            Chunk::BodyCr if b == b'\r' => Chunk::BodyLf,
+            Chunk::BodyLf if b == b'\n' => Chunk::Start,
+            Chunk::BodyCr | Chunk::BodyLf => return None,
+            Chunk::Trailer | Chunk::EndCr if b != b'\r' => {
+                self.trailer_bytes += 1;
+                if self.trailer_bytes > MAX_HEAD {
+                    return None;
+                }
+                Chunk::Trailer
+            }
+            Chunk::Trailer => {
+                self.trailer_bytes += 1;
+                Chunk::TrailerLf
+            }
+            Chunk::TrailerLf if b == b'\n' => {
+                self.trailer_fields += 1;
+                if self.trailer_fields > MAX_FIELDS {
+                    return None;
+                }
+                Chunk::EndCr
+            }
+            Chunk::TrailerLf => return None,
+            Chunk::EndCr => Chunk::EndLf,
+            Chunk::EndLf if b == b'\n' => return Some(None),
+            Chunk::EndLf => return None,
+        };
+        Some(Some(next))
     }
 }
 
-/// How many bytes of `data` to take so that `seen + taken` ends with `end`
-/// at the first possible place; and whether it does.
-fn until(data: &[u8], seen: &[u8], end: &[u8]) -> (usize, bool) {
-    for i in 0..data.len() {
-        let upto = i + 1;
-        let tail_len = end.len();
-        let total = seen.len() + upto;
-        if total >= tail_len {
-            let matches = (0..tail_len).all(|k| {
-                let pos = total - tail_len + k;
-                let byte = if pos < seen.len() {
-                    seen[pos]
-                } else {
-                    data[pos - seen.len()]
-                };
-                byte == end[k]
-            });
-            if matches {
-                return (upto, true);
-            }
-        }
+/// A Content-Length value as hyper reads it: ASCII digits only, no sign, no list.
+fn digits(value: &[u8]) -> Option<u64> {
+    if value.is_empty() {
+        return None;
     }
-    (data.len(), false)
+    value.iter().try_fold(0u64, |n, &b| {
+        b.is_ascii_digit().then_some(())?;
+        n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+    })
 }
 
 /// A stream that shows every byte read through it to a [`Tracker`].
@@ -308,10 +453,15 @@ mod tests {
             t.feed(&stream[at..s]);
             at = s;
         }
-        match flags.ambiguous.load(Ordering::SeqCst) {
-            NONE => None,
-            n => Some(n),
-        }
+        flags.first_refused()
+    }
+
+    /// The verdict for `stream` read at once and read one byte at a time.
+    fn both_ways(stream: &[u8]) -> Option<u64> {
+        let whole = flagged(stream, &[]);
+        let bytewise = flagged(stream, &(1..stream.len()).collect::<Vec<_>>());
+        assert_eq!(whole, bytewise, "{}", String::from_utf8_lossy(stream));
+        whole
     }
 
     const CLEAN: &[u8] = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n\
@@ -320,16 +470,119 @@ POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n3
 
     #[test]
     fn clean_pipelines_are_not_flagged() {
-        assert_eq!(flagged(CLEAN, &[]), None);
+        assert_eq!(both_ways(CLEAN), None);
     }
 
     #[test]
     fn cl_with_te_is_flagged_at_its_ordinal() {
         let mut s = CLEAN.to_vec();
         s.extend_from_slice(b"POST /d HTTP/1.1\r\nHost: x\r\nContent-Length: 30\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n");
-        assert_eq!(flagged(&s, &[]), Some(3));
+        assert_eq!(both_ways(&s), Some(3));
         let first = b"POST /d HTTP/1.1\r\nHost: x\r\ntransfer-encoding: chunked\r\ncontent-length: 4\r\n\r\n0\r\n\r\n";
-        assert_eq!(flagged(first, &[]), Some(0));
+        assert_eq!(both_ways(first), Some(0));
+    }
+
+    /// Every request from the flagged one on is refused, not just that one.
+    #[test]
+    fn refusal_covers_the_rest_of_the_connection() {
+        let flags = Flags::new();
+        let mut t = Tracker::new(flags.clone());
+        t.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\nContent-Length: 1\r\n\r\n");
+        assert!(!flags.next_request_is_ambiguous());
+        assert!(flags.next_request_is_ambiguous());
+        assert!(flags.next_request_is_ambiguous());
+    }
+
+    /// Finding 1 (issue 17): hyper ends lines at a bare LF, so the watch must
+    /// not read past one; any head with a bare LF is refused.
+    #[test]
+    fn bare_lf_heads_are_refused() {
+        // The finding's request: both framing headers, bare LF throughout.
+        let bare =
+            b"POST /s HTTP/1.1\nHost: x\nTransfer-Encoding: chunked\nContent-Length: 3\n\n0\n\n";
+        assert_eq!(both_ways(bare), Some(0));
+        // A bare-LF first request, then a CRLF one carrying both headers.
+        let mut two = b"GET /a HTTP/1.1\nHost: x\n\n".to_vec();
+        two.extend_from_slice(
+            b"POST /s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n",
+        );
+        assert_eq!(both_ways(&two), Some(0));
+        // A clean first request, then one with a single bare LF.
+        let mut late = CLEAN.to_vec();
+        late.extend_from_slice(b"GET /z HTTP/1.1\r\nHost: x\n\r\n");
+        assert_eq!(both_ways(&late), Some(3));
+        // Mixed endings at the end of the head: LF CRLF and CRLF LF.
+        assert_eq!(both_ways(b"GET / HTTP/1.1\r\nHost: x\n\r\n"), Some(0));
+        assert_eq!(both_ways(b"GET / HTTP/1.1\r\nHost: x\r\n\n"), Some(0));
+        // Empty lines before the request line may still be bare (RFC 9112 §2.2).
+        assert_eq!(both_ways(b"\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n"), None);
+    }
+
+    /// hyper's chunked decoder wants CRLF after sizes, data and trailers;
+    /// where it fails, so does the watch (a bare LF can never end a line).
+    #[test]
+    fn bare_lf_chunk_lines_are_refused() {
+        let head = b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+        for body in [
+            &b"5\nhello\r\n0\r\n\r\n"[..],
+            b"5\r\nhello\n0\r\n\r\n",
+            b"5;a=b\nhello\r\n0\r\n\r\n",
+            b"0\n\n",
+            b"5\r\nhelloXY0\r\n\r\n",
+            b"x\r\n",
+            b"fffffffffffffffff\r\n",
+        ] {
+            let mut s = head.to_vec();
+            s.extend_from_slice(body);
+            s.extend_from_slice(b"GET /n HTTP/1.1\r\nHost: x\r\n\r\n");
+            assert_eq!(both_ways(&s), Some(1), "{}", String::from_utf8_lossy(body));
+        }
+        // A trailer field may contain a bare LF byte as hyper reads it; the
+        // section still ends only at CRLF CRLF.
+        let mut s = head.to_vec();
+        s.extend_from_slice(b"0\r\nX: a\nb\r\n\r\nGET /n HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(both_ways(&s), None);
+    }
+
+    /// hyper refuses what the watch cannot follow; the watch refuses it too.
+    #[test]
+    fn heads_hyper_refuses_are_refused() {
+        for head in [
+            &b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\n",
+            b"GET / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            b"GET / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\rY\r\n\r\n",
+            b"GET / HTTP/1.1\r\n X: folded\r\n\r\n",
+        ] {
+            assert_eq!(
+                both_ways(head),
+                Some(0),
+                "{}",
+                String::from_utf8_lossy(head)
+            );
+        }
+        // Equal duplicates are one length, as in hyper.
+        let dup = b"POST / HTTP/1.1\r\nContent-Length: 2\r\ncontent-length: 2\r\n\r\nhiGET / HTTP/1.1\r\n\r\n";
+        assert_eq!(both_ways(dup), None);
+    }
+
+    /// An upgrade the upstream declines leaves an HTTP connection: still watched.
+    #[test]
+    fn requests_after_an_upgrade_request_are_watched() {
+        let s = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\
+POST /d HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        assert_eq!(both_ways(s), Some(1));
+    }
+
+    /// The HTTP/2 preface is not a refused HTTP/1.1 head.
+    #[test]
+    fn http2_preface_is_left_alone() {
+        assert_eq!(
+            both_ways(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0"),
+            None
+        );
     }
 
     #[test]
@@ -343,7 +596,7 @@ POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n3
         .into_bytes();
         s.extend_from_slice(fake);
         s.extend_from_slice(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n");
-        assert_eq!(flagged(&s, &[]), None);
+        assert_eq!(both_ways(&s), None);
     }
 
     proptest! {
