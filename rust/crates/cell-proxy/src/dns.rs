@@ -31,12 +31,12 @@ use hickory_proto::op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCod
 use hickory_proto::rr::rdata::opt::EdnsOption;
 use hickory_proto::rr::rdata::{A, PTR};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use hickory_proto::serialize::binary::BinDecoder;
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_proto::serialize::binary::BinDecoder;
 use hickory_server::zone_handler::{MessageResponseBuilder, Queries};
 use serde_json::Value;
 use tokio::sync::Semaphore;
@@ -337,7 +337,9 @@ fn rcode_name(rcode: ResponseCode) -> &'static str {
 /// bytes as they came; a pointer in them would then point into the reply's
 /// own header, so such a question is answered FORMERR without an echo.
 fn question_is_compressed(message: &[u8]) -> bool {
-    let count = message.get(4..6).map_or(0, |c| u16::from_be_bytes([c[0], c[1]]));
+    let count = message
+        .get(4..6)
+        .map_or(0, |c| u16::from_be_bytes([c[0], c[1]]));
     let mut at = 12;
     for _ in 0..count {
         loop {
@@ -480,7 +482,7 @@ impl RequestHandler for DnsHandler {
 
         // A compressed question is not echoed: its copy would point into the reply's header.
         let no_question = Queries::read(&mut BinDecoder::new(&[]), 0).expect("empty");
-        let mut builder = if compressed || request.queries.len() != 1 {
+        let mut builder = if compressed {
             MessageResponseBuilder::new(&no_question, None)
         } else {
             MessageResponseBuilder::from_message_request(request)
@@ -512,13 +514,9 @@ mod tests {
     /// (the handler answers FORMERR with no question); a plain one is not.
     #[test]
     fn compressed_questions_are_spotted() {
-        let pointer = [
-            2, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 2, 1, 2, 0, 1,
-        ];
+        let pointer = [2, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 2, 1, 2, 0, 1];
         assert!(question_is_compressed(&pointer));
-        let plain = [
-            2, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, b'x', 0, 0, 1, 0, 1,
-        ];
+        let plain = [2, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, b'x', 0, 0, 1, 0, 1];
         assert!(!question_is_compressed(&plain));
         assert!(!question_is_compressed(&pointer[..4]));
     }
