@@ -218,8 +218,8 @@ pub struct Limits {
     #[serde(default = "default_handshake_timeout")]
     pub handshake_timeout_ms: u32,
     /// Time allowed for a request head: on the explicit port from accept, on an
-    /// intercepted connection from the end of the TLS handshake (and between
-    /// HTTP/1.1 requests), milliseconds. A silent client is dropped after it.
+    /// intercepted connection from the end of the TLS handshake, milliseconds.
+    /// A silent client is dropped after it.
     #[serde(default = "default_request_head_timeout")]
     pub request_head_timeout_ms: u32,
     /// A proxied connection with no traffic either way is closed after this, seconds.

@@ -668,7 +668,9 @@ impl Proxy {
         };
         // A client that finishes TLS and then says nothing must not hold a
         // connection slot until the idle timeout: no request head within
-        // requestHeadTimeoutMs closes it (HTTP/1.1's later heads: hyper's timer).
+        // requestHeadTimeoutMs closes it. Later HTTP/1.1 heads: hyper's timer,
+        // which also runs while a kept-alive connection waits for its next
+        // request, so it is never shorter than 30 s (clients pool connections).
         let head_seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let seen = head_seen.clone();
         let service = hyper::service::service_fn(move |req| {
@@ -683,7 +685,7 @@ impl Proxy {
             .http1()
             .max_buf_size((limits.header_bytes as usize).max(8192))
             .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(head_timeout);
+            .header_read_timeout(head_timeout.max(Duration::from_secs(30)));
         builder
             .http2()
             .max_header_list_size(limits.header_bytes)
