@@ -373,24 +373,7 @@ pub fn compile(policy: &Policy, params: &FirewallParams) -> Ruleset {
     }
 
     // 4. Reject fast, log at a bounded rate.
-    b.rule(
-        "reject_agent",
-        vec![
-            Statement::Limit(Limit {
-                rate: 10,
-                rate_unit: Some(Cow::Borrowed("packets")),
-                per: Some(Cow::Borrowed("second")),
-                burst: Some(20),
-                burst_unit: Some(Cow::Borrowed("packets")),
-                inv: None,
-            }),
-            Statement::Log(Some(Log {
-                prefix: Some(Cow::Borrowed(LOG_PREFIX)),
-                ..Log::new(Some(u32::from(params.nflog_group)))
-            })),
-        ],
-        None,
-    );
+    b.rule("reject_agent", limited_log(params, LOG_PREFIX).into(), None);
     b.rule(
         "reject_agent",
         vec![
@@ -465,7 +448,9 @@ fn v6net(addr: &'static str, len: u32) -> Expression<'static> {
     }))
 }
 
-fn spoof_log(params: &FirewallParams) -> [Statement<'static>; 2] {
+/// Log to the NFLOG group cell-proxy reads, at most 10 packets a second
+/// (burst 20): an agent flooding rejected packets cannot flood the log.
+fn limited_log(params: &FirewallParams, prefix: &'static str) -> [Statement<'static>; 2] {
     [
         Statement::Limit(Limit {
             rate: 10,
@@ -476,7 +461,7 @@ fn spoof_log(params: &FirewallParams) -> [Statement<'static>; 2] {
             inv: None,
         }),
         Statement::Log(Some(Log {
-            prefix: Some(Cow::Borrowed(SPOOF_PREFIX)),
+            prefix: Some(Cow::Borrowed(prefix)),
             ..Log::new(Some(u32::from(params.nflog_group)))
         })),
     ]
@@ -530,7 +515,7 @@ fn ingress(params: &FirewallParams) -> Vec<NfListObject<'static>> {
         ],
         Some("duplicate address detection".into()),
     );
-    let [limit, log] = spoof_log(params);
+    let [limit, log] = limited_log(params, SPOOF_PREFIX);
     let reject_here = |b: &mut Builder, tcp: bool| {
         let mut expr = vec![is(field("ip6", "saddr"), link_local())];
         if tcp {

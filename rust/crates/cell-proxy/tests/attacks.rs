@@ -89,6 +89,21 @@ fn setup_with_limits(limits: &str) -> Option<Setup> {
     })
 }
 
+/// The allowed path: a GET to api.example.test through the proxy at `ip`
+/// (its synthetic address) is answered 200.
+fn assert_allowed_path_works(s: &Setup, ip: Ipv4Addr) {
+    let got = s
+        .lab
+        .block_on(s.agent_tls.fetch(
+            s.lab.agent_connect(at(ip, 443)).unwrap(),
+            "api.example.test",
+            vec![get("GET", "api.example.test", "/echo")],
+            64,
+        ))
+        .unwrap();
+    assert_eq!(got[0].status, StatusCode::OK);
+}
+
 fn at(ip: Ipv4Addr, port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(ip), port)
 }
@@ -374,16 +389,7 @@ fn https_and_passthrough_never_connect_to_the_firewall() {
     t.assert_untouched();
     // The allowed path.
     let ip = resolve(&s.lab, "api.example.test");
-    let got = s
-        .lab
-        .block_on(s.agent_tls.fetch(
-            s.lab.agent_connect(at(ip, 443)).unwrap(),
-            "api.example.test",
-            vec![get("GET", "api.example.test", "/echo")],
-            4096,
-        ))
-        .unwrap();
-    assert_eq!(got[0].status, StatusCode::OK);
+    assert_allowed_path_works(&s, ip);
 }
 
 /// `dns.forward` answers get the same filter: the agent is never handed
@@ -483,16 +489,7 @@ fn silent_clients_are_dropped_and_cannot_starve_the_connection_limit() {
         "{:#?}",
         s.lab.events()
     );
-    let got = s
-        .lab
-        .block_on(s.agent_tls.fetch(
-            s.lab.agent_connect(at(ip, 443)).unwrap(),
-            "api.example.test",
-            vec![get("GET", "api.example.test", "/echo")],
-            64,
-        ))
-        .unwrap();
-    assert_eq!(got[0].status, StatusCode::OK);
+    assert_allowed_path_works(&s, ip);
 }
 
 /// The agent's side of a forged-source attack: an extra address on its own
@@ -581,16 +578,7 @@ fn forged_sources_are_dropped_and_nothing_leaves_the_uplink() {
     );
     // The agent's own address still works: DNS and the proxy.
     assert_eq!(resolve(&s.lab, "api.example.test"), pool);
-    let got = s
-        .lab
-        .block_on(s.agent_tls.fetch(
-            s.lab.agent_connect(at(pool, 443)).unwrap(),
-            "api.example.test",
-            vec![get("GET", "api.example.test", "/echo")],
-            64,
-        ))
-        .unwrap();
-    assert_eq!(got[0].status, StatusCode::OK);
+    assert_allowed_path_works(&s, pool);
 }
 
 /// TCP and UDP from the agent to the firewall's IPv6 link-local address fail
