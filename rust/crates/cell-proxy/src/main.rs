@@ -1,14 +1,6 @@
 //! `cell-proxy`: the firewall daemon. See `cell-proxy --help`.
 
-mod ca;
-mod control;
-mod dns;
-mod events;
-mod framing;
-mod nflog;
-mod proxy;
-mod state;
-mod synth;
+use cell_proxy::{ca, control, dns, events, nflog, proxy, state};
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
