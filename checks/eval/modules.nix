@@ -105,6 +105,9 @@ let
   # Does evaluating (deeply) throw?
   throws = value: !(builtins.tryEval (builtins.deepSeq value value)).success;
   evaluates = value: !(throws value);
+  # The value, or "throws" (so that a case compares instead of aborting);
+  # a missing attribute is not caught, hence `or "absent"` where one may be.
+  attempt = value: let r = builtins.tryEval (builtins.deepSeq value value); in if r.success then r.value else "throws";
 
   fw = firewall [
     {
@@ -341,18 +344,18 @@ in
     ]).cell.secretsDocument)
     true)
   (eq "firewall: a policy the compiler refuses stops evaluation" (throws (firewall [{ cell.policy.https."*" = { }; }]).environment.etc."cell/policy.json".source.text) true)
-  (eq "firewall: disabled means nothing is set"
+  (eq "firewall: disabled means nothing is set (sysctls as NixOS has them without cell)"
     (
       let
         c = eval { modules = [ ../../modules/firewall ]; };
       in
       [
         (c.systemd.services ? cell-proxy)
-        c.boot.kernel.sysctl
+        (c.boot.kernel.sysctl == (eval { modules = [ ]; }).boot.kernel.sysctl)
       ]
     ) [
     false
-    { }
+    true
   ])
 
   # --- the project template's cell.nix, given to both VMs (by lib.mkCell) ---
@@ -750,6 +753,57 @@ in
       (throws (eval { modules = [{ nixpkgs.config = { }; }]; }).nixpkgs.config)
       (throws (eval { modules = [{ nixpkgs.config.allowUnfree = true; }]; }).nixpkgs.config)
     ] [ true true ])
+  (eq "stubs: boot.kernel.sysctl as config/sysctl.nix declares it: a key defined twice is refused even with equal values; the buffer maxima take the highest"
+    [
+      (throws (eval { modules = [{ boot.kernel.sysctl."net.ipv4.ip_forward" = 0; } { boot.kernel.sysctl."net.ipv4.ip_forward" = 0; }]; }).boot.kernel.sysctl)
+      (attempt (eval { modules = [{ boot.kernel.sysctl."net.core.rmem_max" = 100; } { boot.kernel.sysctl."net.core.rmem_max" = 200; }]; }).boot.kernel.sysctl."net.core.rmem_max")
+      (attempt (eval { modules = [ ]; }).boot.kernel.sysctl)
+    ]
+    [
+      true
+      200
+      {
+        "net.core.rmem_max" = null;
+        "net.core.wmem_max" = null;
+      }
+    ])
+  (eq "stubs: users as config/users-groups.nix declares them: a normal user's group defaults to users, a group's members include the users naming it in extraGroups"
+    (attempt (
+      let
+        c = eval { modules = [{ users.users.alice = { isNormalUser = true; extraGroups = [ "wheel" ]; }; users.groups.wheel = { }; }]; };
+      in
+      [ c.users.users.alice.group (c.users.users.alice.name or "absent") c.users.groups.wheel.members ]
+    ))
+    [ "users" "alice" [ "alice" ] ])
+  (eq "stubs: environment.etc as system/etc/etc.nix declares it: target, mode and owner default; text is written as etc-<name, / as ->"
+    (attempt (
+      let
+        e = (eval { modules = [{ environment.etc."cell/x.json".text = "{}"; }]; }).environment.etc."cell/x.json";
+      in
+      [ (e.target or "absent") (e.mode or "absent") (e.user or "absent") e.source.name ]
+    ))
+    [ "cell/x.json" "symlink" "+0" "etc-cell-x.json" ])
+  (eq "stubs: environment.variables as config/shells-environment.nix declares it: null unsets a variable, numbers become strings"
+    (attempt (eval {
+      modules = [
+        { environment.variables = { A = "a"; B = 1; }; }
+        { environment.variables.A = lib.mkForce null; }
+      ];
+    }).environment.variables)
+    { B = "1"; })
+  (eq "stubs: fileSystems as tasks/filesystems.nix declares them: autoFormat and boot paths add mount options, disabled entries are dropped, a trailing slash is refused"
+    [
+      (attempt vmAg.fileSystems."/var".options)
+      (attempt (lib.attrNames (eval { modules = [{ fileSystems."/data" = { enable = false; device = "d"; }; }]; }).fileSystems))
+      (throws (eval { modules = [{ fileSystems."/data/".device = "d"; }]; }).fileSystems)
+      (attempt (eval { modules = [{ fileSystems."/x".label = "data"; }]; }).fileSystems."/x".device)
+    ]
+    [
+      [ "x-systemd.makefs" "x-initrd.mount" ]
+      [ ]
+      true
+      "/dev/disk/by-label/data"
+    ])
   (eq "stubs: microvm.nix's lists are typed, its paths are paths, its hypervisors are its own"
     (map (t: throws (cellVm "agent" "x86_64-linux" [ t.def ]).microvm.${t.read}) [
       { read = "shares"; def.microvm.shares = [{ tag = "x"; source = "x"; mountPoint = "/x"; bogus = 1; }]; }

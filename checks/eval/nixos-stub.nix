@@ -24,6 +24,57 @@ let
   bool = opt types.bool;
   units = list sd.unitName;
 
+  # config/sysctl.nix: a freeform value is one definition only (two, even
+  # equal, are refused); the buffer maxima take the highest definition.
+  sysctlOption = lib.mkOptionType {
+    name = "sysctl option value";
+    check =
+      val:
+      let
+        checkType = x: lib.isBool x || lib.isString x || lib.isInt x || x == null;
+      in
+      checkType val || (val._type or "" == "override" && checkType val.content);
+    merge = loc: defs: lib.mergeOneOption loc defs;
+  };
+  highestValueType = types.ints.unsigned // {
+    merge = _loc: defs: lib.foldl (a: b: if b.value == null then null else lib.max a b.value) 0 defs;
+  };
+
+  # tasks/filesystems.nix checks its strings itself (not lib's nonEmptyStr):
+  # the same checks, with nixpkgs' addCheckDesc.
+  addCheckDesc =
+    desc: elemType: check:
+    types.addCheck elemType check // { description = "${elemType.description} (with check: ${desc})"; };
+  isNonEmpty = s: (builtins.match "[ \t\n]*" s) == null;
+  fsNonEmptyStr = addCheckDesc "non-empty" types.str isNonEmpty;
+  nonEmptyWithoutTrailingSlash = addCheckDesc "non-empty without trailing slash" types.str (
+    s: isNonEmpty s && (builtins.match ".+/" s) == null
+  );
+  specialFSTypes = [
+    "proc"
+    "sysfs"
+    "tmpfs"
+    "ramfs"
+    "devtmpfs"
+    "devpts"
+  ];
+  fstabEscape = string: builtins.replaceStrings [ " " "\t" ] [ "\\040" "\\011" ] string;
+  # lib/utils.nix: fsNeededForBoot.
+  pathsNeededForBoot = [
+    "/"
+    "/nix"
+    "/nix/store"
+    "/var"
+    "/var/log"
+    "/var/lib"
+    "/var/lib/nixos"
+    "/etc"
+    "/usr"
+  ];
+  fsNeededForBoot = fs: fs.neededForBoot || lib.elem fs.mountPoint pathsNeededForBoot;
+  initrdSystemd = config.boot.initrd.systemd.enable;
+  allUsers = config.users.users;
+
   # lib/systemd-unit-options.nix: commonUnitOptions + stage2CommonUnitOptions.
   commonUnit = {
     enable = bool true;
@@ -49,11 +100,24 @@ in
     assertions = list types.unspecified;
     warnings = list types.str;
 
-    # config/sysctl.nix (a submodule with a freeform attrsOf in nixpkgs;
-    # the same values are accepted)
-    boot.kernel.sysctl = opt (types.attrsOf (types.nullOr (types.oneOf [ types.bool types.str types.int ]))) { };
+    # config/sysctl.nix
+    boot.kernel.sysctl = opt
+      (types.submodule {
+        freeformType = types.attrsOf sysctlOption;
+        options = {
+          "net.core.rmem_max" = opt (types.nullOr highestValueType) null;
+          "net.core.wmem_max" = opt (types.nullOr highestValueType) null;
+        };
+      })
+      { };
     # system/boot/kernel.nix
-    boot.kernelParams = list (types.strMatching ''([^"[:space:]]|"[^"]*")+'' // { name = "kernelParam"; });
+    boot.kernelParams = list (
+      types.strMatching ''([^"[:space:]]|"[^"]*")+''
+      // {
+        name = "kernelParam";
+        description = "string, with spaces inside double quotes";
+      }
+    );
     boot.kernelPackages = opt types.raw pkgs.linuxPackages;
     boot.blacklistedKernelModules = list types.str;
     boot.initrd.kernelModules = list types.str;
@@ -189,20 +253,53 @@ in
         { };
     };
 
-    # config/users-groups.nix
+    # config/users-groups.nix (userOpts: the options cell uses, and what a
+    # normal user defaults), with services/networking/ssh/sshd.nix's
+    # userOptions (openssh.authorizedKeys).
     users.users = opt
-      (types.attrsOf (types.submodule {
+      (types.attrsOf (types.submodule ({ name, config, ... }: {
         options = {
-          isNormalUser = bool false;
-          isSystemUser = bool false;
-          group = opt types.str "";
+          enable = bool true;
+          name = mkOption {
+            type = types.passwdEntry types.str;
+            apply = x: assert (lib.stringLength x < 32 || abort "Username '${x}' is longer than 31 characters which is not allowed!"); x;
+          };
           description = opt (types.passwdEntry types.str) "";
+          isSystemUser = bool false;
+          isNormalUser = bool false;
+          group = mkOption {
+            type = types.str;
+            apply = x: assert (lib.stringLength x < 32 || abort "Group name '${x}' is longer than 31 characters which is not allowed!"); x;
+            default = "";
+          };
           extraGroups = list types.str;
           openssh.authorizedKeys.keys = list types.singleLineStr;
         };
-      }))
+        config = lib.mkMerge [
+          { name = lib.mkDefault name; }
+          (lib.mkIf config.isNormalUser {
+            group = lib.mkDefault "users";
+            isSystemUser = lib.mkDefault false;
+          })
+        ];
+      })))
       { };
-    users.groups = opt (types.attrsOf (types.submodule { options.members = list (types.passwdEntry types.str); })) { };
+    # config/users-groups.nix (groupOpts): members are also the enabled
+    # users that name the group in extraGroups.
+    users.groups = opt
+      (types.attrsOf (types.submodule ({ name, config, ... }: {
+        options = {
+          name = mkOption { type = types.passwdEntry types.str; };
+          members = list (types.passwdEntry types.str);
+        };
+        config = {
+          name = lib.mkDefault name;
+          members = lib.mapAttrsToList (_: u: u.name) (
+            lib.filterAttrs (_: u: u.enable && lib.elem config.name u.extraGroups) allUsers
+          );
+        };
+      })))
+      { };
     # security/sudo.nix
     security.sudo.wheelNeedsPassword = bool true;
     # security/ca.nix
@@ -214,45 +311,97 @@ in
     # security/misc.nix
     security.virtualisation.flushL1DataCache = opt (types.nullOr (types.enum [ "never" "cond" "always" ])) null;
 
-    # system/etc/etc.nix: `text` becomes `source` through pkgs.writeText.
+    # system/etc/etc.nix: `text` becomes `source` through pkgs.writeText,
+    # named etc-<name with / as ->.
     environment.etc = opt
       (types.attrsOf (types.submodule ({ name, config, options, ... }: {
         options = {
-          source = mkOption { type = types.path; };
+          enable = bool true;
+          target = mkOption { type = types.str; };
           text = opt (types.nullOr types.lines) null;
+          source = mkOption { type = types.path; };
+          mode = opt types.str "symlink";
+          uid = opt types.int 0;
+          gid = opt types.int 0;
+          user = opt types.str "+${toString config.uid}";
+          group = opt types.str "+${toString config.gid}";
         };
-        config.source = lib.mkIf (config.text != null) (
-          lib.mkDerivedConfig options.text (pkgs.writeText (baseNameOf name))
-        );
+        config = {
+          target = lib.mkDefault name;
+          source = lib.mkIf (config.text != null) (
+            lib.mkDerivedConfig options.text (pkgs.writeText ("etc-" + lib.replaceStrings [ "/" ] [ "-" ] name))
+          );
+        };
       })))
       { };
-    # config/shells-environment.nix
+    # config/shells-environment.nix: null unsets a variable; paths are
+    # copied to the store.
     environment.variables = mkOption {
-      type = types.attrsOf (types.oneOf [ (types.listOf (types.oneOf [ types.int types.str types.path ])) types.int types.str types.path ]);
+      type = types.attrsOf (
+        types.nullOr (types.oneOf [ (types.listOf (types.oneOf [ types.int types.str types.path ])) types.int types.str types.path ])
+      );
       default = { };
-      apply = lib.mapAttrs (_: v: if lib.isList v then lib.concatMapStringsSep ":" toString v else toString v);
+      apply =
+        let
+          toStr = v: if lib.isPath v then "${v}" else toString v;
+        in
+        attrs:
+        lib.mapAttrs (_: v: if lib.isList v then lib.concatMapStringsSep ":" toStr v else toStr v) (
+          lib.filterAttrs (_: v: v != null) attrs
+        );
     };
     # config/system-path.nix
     environment.systemPackages = list types.package;
 
-    # tasks/filesystems.nix (and tasks/filesystems/overlayfs.nix)
-    fileSystems = opt
-      (types.attrsOf (types.submodule {
+    # tasks/filesystems.nix (coreFileSystemOpts, fileSystemOpts: disabled
+    # entries dropped, mount options added for autoFormat, autoResize, boot
+    # and depends), system/boot/stage-1.nix (neededForBoot) and
+    # tasks/filesystems/overlayfs.nix (overlay).
+    fileSystems = mkOption {
+      type = types.attrsOf (types.submodule ({ name, config, ... }: {
         options = {
-          device = opt (types.nullOr types.nonEmptyStr) null;
-          fsType = opt types.nonEmptyStr "auto";
-          options = opt (types.nonEmptyListOf types.nonEmptyStr) [ "defaults" ];
+          enable = bool true;
+          mountPoint = mkOption {
+            type = nonEmptyWithoutTrailingSlash;
+            default = name;
+          };
+          device = opt (types.nullOr fsNonEmptyStr) null;
+          fsType = opt fsNonEmptyStr "auto";
+          options = opt (types.nonEmptyListOf fsNonEmptyStr) [ "defaults" ];
+          depends = list nonEmptyWithoutTrailingSlash;
+          label = opt (types.nullOr fsNonEmptyStr) null;
           autoFormat = bool false;
-          neededForBoot = bool false;
+          autoResize = bool false;
           noCheck = bool false;
+          neededForBoot = bool false;
           overlay = {
             lowerdir = opt (types.nullOr (types.nonEmptyListOf (types.either types.str types.pathInStore))) null;
             upperdir = opt (types.nullOr types.str) null;
             workdir = opt (types.nullOr types.str) null;
           };
         };
-      }))
-      { };
+        config = {
+          device = lib.mkMerge [
+            (lib.mkIf (lib.elem config.fsType specialFSTypes) (lib.mkDefault config.fsType))
+            (lib.mkIf (config.label != null) (lib.mkDefault "/dev/disk/by-label/${fstabEscape config.label}"))
+          ];
+          options =
+            let
+              inInitrd = fsNeededForBoot config;
+            in
+            lib.mkMerge [
+              (lib.mkIf config.autoResize [ "x-systemd.growfs" ])
+              (lib.mkIf config.autoFormat [ "x-systemd.makefs" ])
+              (lib.mkIf inInitrd [ "x-initrd.mount" ])
+              (lib.mkIf (config.depends != [ ] && (inInitrd -> initrdSystemd)) (
+                map (x: "x-systemd.requires-mounts-for=${lib.optionalString inInitrd "/sysroot"}${x}") config.depends
+              ))
+            ];
+        };
+      }));
+      default = { };
+      apply = lib.filterAttrs (_: fs: fs.enable);
+    };
 
     # services/system/nix-daemon.nix, config/nix.nix
     nix.enable = bool true;
