@@ -104,6 +104,20 @@ fn assert_allowed_path_works(s: &Setup, ip: Ipv4Addr) {
     assert_eq!(got[0].status, StatusCode::OK);
 }
 
+/// The event log once `done` holds for it (events are written by their own
+/// thread), or panics after 3 s showing what is there.
+fn events_until(lab: &Lab, done: impl Fn(&[serde_json::Value]) -> bool) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let ev = lab.events();
+        if done(&ev) {
+            return ev;
+        }
+        assert!(Instant::now() < deadline, "events never arrived: {ev:#?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn at(ip: Ipv4Addr, port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(ip), port)
 }
@@ -261,12 +275,17 @@ fn tcp_splice_never_reaches_the_firewall_or_metadata() {
     t.assert_untouched();
     assert_eq!(internet.seen().len(), 1, "{:?}", internet.seen());
     assert_eq!(corp.seen().len(), 1, "{:?}", corp.seen());
-    let ev = s.lab.events();
+    // Events are written by a thread: wait for them.
+    let ev = events_until(&s.lab, |ev| {
+        ev.iter()
+            .filter(|e| e["event"] == "upstream" && e["decision"] == "deny")
+            .count()
+            >= 7
+    });
     let refused: Vec<_> = ev
         .iter()
         .filter(|e| e["event"] == "upstream" && e["decision"] == "deny")
         .collect();
-    assert!(refused.len() >= 7, "{ev:#?}");
     assert!(
         refused
             .iter()
@@ -481,14 +500,10 @@ fn silent_clients_are_dropped_and_cannot_starve_the_connection_limit() {
             "{alpn:?}: dropped after {took:?}"
         );
     }
-    assert!(
-        s.lab
-            .events()
-            .iter()
-            .any(|e| e["reason"] == "no request head within requestHeadTimeoutMs"),
-        "{:#?}",
-        s.lab.events()
-    );
+    events_until(&s.lab, |ev| {
+        ev.iter()
+            .any(|e| e["reason"] == "no request head within requestHeadTimeoutMs")
+    });
     assert_allowed_path_works(&s, ip);
 }
 
@@ -568,14 +583,14 @@ fn forged_sources_are_dropped_and_nothing_leaves_the_uplink() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     assert!(dropped >= 8, "counted drops: {dropped}\n{rules}");
-    let ev = s.lab.events();
-    assert!(
-        ev.iter().any(|e| e["event"] == "spoof"
-            && e["client"]
-                .as_str()
-                .is_some_and(|c| c.starts_with("203.0.113.77"))),
-        "{ev:#?}"
-    );
+    events_until(&s.lab, |ev| {
+        ev.iter().any(|e| {
+            e["event"] == "spoof"
+                && e["client"]
+                    .as_str()
+                    .is_some_and(|c| c.starts_with("203.0.113.77"))
+        })
+    });
     // The agent's own address still works: DNS and the proxy.
     assert_eq!(resolve(&s.lab, "api.example.test"), pool);
     assert_allowed_path_works(&s, pool);
@@ -729,13 +744,13 @@ fn invented_wildcard_names_reach_the_resolver_only_within_the_budget() {
     let (r, _) = tcp_exchange(&s.lab, at(resolve(&s.lab, "n0.wild.example.test"), 8080));
     assert!(r.is_ok(), "{r:?}");
     assert_eq!(internet.seen().len(), 4);
-    let ev = s.lab.events();
-    assert!(
-        ev.iter().any(|e| e["event"] == "upstream"
-            && e["reason"] == "wildcard-name-budget"
-            && e["host"] == "n3.wild.example.test"),
-        "{ev:#?}"
-    );
+    events_until(&s.lab, |ev| {
+        ev.iter().any(|e| {
+            e["event"] == "upstream"
+                && e["reason"] == "wildcard-name-budget"
+                && e["host"] == "n3.wild.example.test"
+        })
+    });
     // Through CONNECT the refusal is a 403 that says which budget.
     s.lab.resolver.set("n4.wild.example.test", &[WEB_V4]);
     let (head, _) = connect_via_proxy(&s.lab, "n4.wild.example.test:8080");

@@ -267,20 +267,13 @@ fn sni_must_name_the_host_behind_the_address() {
         );
     }
     assert!(s.web.seen().is_empty(), "{:?}", s.web.seen());
-    let events = s.lab.events();
-    assert!(
-        events.iter().any(|e| e["event"] == "conn"
+    wait_event(&s.lab, |e| {
+        e["event"] == "conn"
             && e["reason"]
                 .as_str()
-                .is_some_and(|r| r.contains("does not match"))),
-        "{events:?}"
-    );
-    assert!(
-        events
-            .iter()
-            .any(|e| e["event"] == "conn" && e["reason"] == "no SNI"),
-        "{events:?}"
-    );
+                .is_some_and(|r| r.contains("does not match"))
+    });
+    wait_event(&s.lab, |e| e["event"] == "conn" && e["reason"] == "no SNI");
 }
 
 /// A self-signed, expired or wrong-name upstream certificate: 502, and the
@@ -748,13 +741,10 @@ fn reload_closes_streams_of_hosts_it_denies() {
         String::from_utf8_lossy(&kept[0].body),
         "data: first\n\ndata: second\n\n"
     );
-    let events = s.lab.events();
-    assert!(
-        events
-            .iter()
-            .any(|e| e["decision"] == "closed" && e["host"] == "api.example.test"),
-        "the close is an event: {events:?}"
-    );
+    // The close is an event.
+    wait_event(&s.lab, |e| {
+        e["decision"] == "closed" && e["host"] == "api.example.test"
+    });
     let again = probe::tcp(&s.lab.agent, at(api, 443), Duration::from_secs(5)).unwrap();
     assert!(
         again.failed_fast(Duration::from_secs(1)),
@@ -828,11 +818,7 @@ fn connection_limit_resets_the_excess() {
         "at once: {:?}",
         start.elapsed()
     );
-    assert!(
-        lab.events()
-            .iter()
-            .any(|e| e["reason"] == "too-many-connections")
-    );
+    wait_event(&lab, |e| e["reason"] == "too-many-connections");
     drop(held);
     std::thread::sleep(Duration::from_millis(200));
     let again = lab.block_on(client.fetch(
@@ -872,11 +858,7 @@ fn slow_clients_are_dropped_after_the_handshake_timeout() {
             "dropped after {took:?}"
         );
     }
-    assert!(
-        lab.events()
-            .iter()
-            .any(|e| e["reason"] == "client hello timeout")
-    );
+    wait_event(&lab, |e| e["reason"] == "client hello timeout");
 }
 
 /// A real WebSocket session (RFC 6455 framing on both ends) through the
