@@ -99,7 +99,25 @@ async fn get(send: &mut Sender, path: &str) -> anyhow::Result<u64> {
         .body(Empty::new())?;
     let resp = send.send_request(req).await?;
     if !resp.status().is_success() {
-        bail!("status {}", resp.status());
+        // The proxy says why in the body (and X-Cell-Deny-Reason): keep it.
+        let status = resp.status();
+        let reason = resp
+            .headers()
+            .get("x-cell-deny-reason")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let text = String::from_utf8_lossy(&body[..body.len().min(1024)]).into_owned();
+        bail!(
+            "GET {path}: status {status}{}: {}",
+            reason.map(|r| format!(" ({r})")).unwrap_or_default(),
+            text.trim()
+        );
     }
     let mut body = resp.into_body();
     let mut n = 0u64;
@@ -337,10 +355,22 @@ pub fn run(proxy_bin: &Path, mitmdump: Option<&Path>, plan: &Plan) -> anyhow::Re
         ca_pem: lab.cell_ca_pem()?,
     };
     let pid = lab.proxy_pid();
-    results.push(measure_in_agent(&lab, cell, plan, pid)?);
+    match measure_in_agent(&lab, cell, plan, pid) {
+        Ok(r) => results.push(r),
+        Err(e) => {
+            // The proxy's log and events say why; a partial run is no result.
+            lab.keep();
+            return Err(e.context(format!(
+                "cell-proxy phase failed; its log and events are kept in {}",
+                lab.dir.display()
+            )));
+        }
+    }
     lab.stop_proxy();
-    lab.firewall
-        .exec("nft", &["delete", "table", "inet", "cell"])?;
+    for family in ["inet", "netdev"] {
+        lab.firewall
+            .exec("nft", &["delete", "table", family, "cell"])?;
+    }
 
     if let Some(mitmdump) = mitmdump {
         eprintln!("mitmproxy (transparent)");

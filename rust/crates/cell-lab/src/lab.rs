@@ -95,6 +95,8 @@ pub struct Lab {
     pub internet_ca: crate::https::TestCa,
     runtime: tokio::runtime::Runtime,
     proxy: Option<Proxy>,
+    /// Keep `dir` (proxy log, events) when the lab is dropped ([`Lab::keep`]).
+    keep: bool,
 }
 
 /// Prefix of every lab namespace: `cell-lab-<pid>-<n>-<role>`.
@@ -131,6 +133,7 @@ impl Lab {
             internet_ca,
             runtime,
             proxy: None,
+            keep: false,
         };
         lab.wire_up()?;
         Ok(lab)
@@ -515,6 +518,12 @@ impl Lab {
         self.warm_up_ipv6()
     }
 
+    /// Keep the lab's directory (the proxy's log, the event log) when the lab
+    /// is dropped, for a post-mortem; its path is printed then.
+    pub fn keep(&mut self) {
+        self.keep = true;
+    }
+
     /// The proxy's control socket.
     pub fn control_path(&self) -> PathBuf {
         self.dir.join("control.sock")
@@ -581,8 +590,9 @@ impl Drop for Lab {
     fn drop(&mut self) {
         self.proxy.take();
         // Namespaces drop after this (field order); the runtime's tasks die with it.
-        // CELL_LAB_KEEP=1 keeps the directory (events, proxy log) for a post-mortem.
-        if std::env::var_os("CELL_LAB_KEEP").is_some() {
+        // CELL_LAB_KEEP=1 (or keep()) keeps the directory (events, proxy log)
+        // for a post-mortem.
+        if self.keep || std::env::var_os("CELL_LAB_KEEP").is_some() {
             eprintln!("kept {}", self.dir.display());
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
