@@ -7,7 +7,9 @@
 //! - loopback, unspecified (`0.0.0.0/8`, `::`), link-local (`169.254.0.0/16`
 //!   — cloud metadata services live there — and `fe80::/10`), multicast,
 //!   broadcast and the reserved `240.0.0.0/4`;
-//! - the firewall's own addresses, on any interface, and the agent link;
+//! - the firewall's own addresses, on any interface, its gateways (under
+//!   qemu's user-mode networking the gateway, 10.0.2.2, *is* the host), and
+//!   the agent link;
 //! - the synthetic pool (its addresses lead back into cell itself);
 //!
 //! and, unless the entry says `privateUpstream`, to private and shared
@@ -50,6 +52,8 @@ impl std::fmt::Display for Refusal {
 pub struct Guard {
     /// Every address of the firewall (all interfaces).
     pub local: Vec<IpAddr>,
+    /// The firewall's gateways (default routes).
+    pub gateways: Vec<IpAddr>,
     /// The agent link's networks.
     pub agent_nets: Vec<IpNet>,
     /// The synthetic pool.
@@ -66,6 +70,11 @@ impl Guard {
         }
         if self.local.iter().any(|l| canonical(*l) == ip) {
             return Some(Refusal::Never("the firewall's own address"));
+        }
+        if self.gateways.iter().any(|g| canonical(*g) == ip) {
+            return Some(Refusal::Never(
+                "the firewall's gateway (under qemu user-mode networking, the host itself)",
+            ));
         }
         if self.agent_nets.iter().any(|n| n.contains(&ip)) {
             return Some(Refusal::Never("the agent link"));
@@ -179,6 +188,7 @@ mod tests {
     fn addresses_are_classified_and_the_opt_in_reaches_only_private_ranges() {
         let g = Guard {
             local: vec![ip("192.0.2.1"), ip("10.89.0.1"), ip("2001:db8:1::1")],
+            gateways: vec![ip("10.0.2.2")],
             agent_nets: vec![
                 "10.89.0.0/24".parse().unwrap(),
                 "fd89::/64".parse().unwrap(),
@@ -205,6 +215,7 @@ mod tests {
             "ff02::1",
             "fd89::2",       // the agent link (a ULA, but never opt-in)
             "2001:db8:1::1", // the firewall's own v6
+            "10.0.2.2",      // the gateway: under qemu user networking, the host
             "::ffff:127.0.0.1",
             "::ffff:169.254.169.254",
             "64:ff9b::a9fe:a9fe", // NAT64 of 169.254.169.254

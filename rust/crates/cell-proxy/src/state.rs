@@ -135,6 +135,7 @@ impl State {
                 .into_iter()
                 .map(|n| n.addr())
                 .collect(),
+            gateways: gateways(),
             agent_nets: self.agent_nets.get().cloned().unwrap_or_default(),
             pool: Some(policy.dns.synthetic_pool),
         }
@@ -198,6 +199,30 @@ impl State {
         tracing::info!(cause, "policy reloaded");
         ev
     }
+}
+
+/// The IPv4 gateways of this network namespace's routes (`/proc/net/route`:
+/// hex, little-endian). Upstream lookups are A only, so IPv4 is enough.
+pub fn gateways() -> Vec<std::net::IpAddr> {
+    let Ok(table) = std::fs::read_to_string("/proc/net/route") else {
+        return Vec::new();
+    };
+    parse_gateways(&table)
+}
+
+fn parse_gateways(table: &str) -> Vec<std::net::IpAddr> {
+    let mut out: Vec<std::net::IpAddr> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let hex = l.split_whitespace().nth(2)?;
+            let raw = u32::from_str_radix(hex, 16).ok()?;
+            (raw != 0).then(|| std::net::Ipv4Addr::from(raw.swap_bytes()).into())
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// The addresses (with their networks) of this network namespace's
@@ -297,6 +322,17 @@ impl NameBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gateways_are_read_from_the_route_table() {
+        let table = "Iface\tDestination\tGateway \tFlags\n\
+uplink0\t00000000\t0202000A\t0003\n\
+uplink0\t0002000A\t00000000\t0001\n";
+        assert_eq!(
+            parse_gateways(table),
+            vec!["10.0.2.2".parse::<std::net::IpAddr>().unwrap()]
+        );
+    }
 
     /// New names are counted per entry; repeats are free; the budget is per
     /// minute and per entry.

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cell_lab::https::{CertKind, Client, FakeHttps, get};
-use cell_lab::lab::{AGENT_V4, EXPLICIT_PORT, FW_AGENT_V4, FW_UPLINK_V4, WEB_V4, fw_dns};
+use cell_lab::lab::{AGENT_V4, EXPLICIT_PORT, FW_AGENT_V4, FW_UPLINK_V4, INET_V4, WEB_V4, fw_dns};
 use cell_lab::probe::{self, Transport};
 use cell_lab::{Lab, skip_unless_available};
 use hickory_proto::op::ResponseCode;
@@ -320,17 +320,20 @@ fn dns_rebinding_is_judged_on_the_address_connected_to() {
     assert_eq!(internet.seen().len(), 2, "{:?}", internet.seen());
 }
 
-/// The explicit proxy: CONNECT to a `tcp` name that resolves to the firewall
-/// or metadata gets a 403 whose reason names the address class; a private
+/// The explicit proxy: CONNECT to a `tcp` name that resolves to the firewall,
+/// its gateway or metadata gets a 403 whose reason names the address class; a private
 /// address names the opt-in; the allowed CONNECT still tunnels.
 #[test]
 fn explicit_connect_refuses_internal_upstreams_with_the_reason() {
     let Some(s) = setup() else { return };
     let t = targets(&s.lab, 8080);
+    // The firewall's gateway: under qemu user-mode networking, the host.
+    let gateway = s.lab.tcp_recorder(at(INET_V4, 8080)).unwrap();
     for (bad, why) in [
         (Ipv4Addr::LOCALHOST, "loopback"),
         (FW_UPLINK_V4, "the firewall's own address"),
         (METADATA, "cloud metadata"),
+        (INET_V4, "gateway"),
         (CORP, "privateUpstream"),
     ] {
         s.lab.resolver.set("tcp.example.test", &[bad]);
@@ -347,6 +350,11 @@ fn explicit_connect_refuses_internal_upstreams_with_the_reason() {
         assert!(head.contains("to allow it:"), "{head}");
     }
     t.assert_untouched();
+    assert!(
+        gateway.seen().is_empty(),
+        "the gateway was reached: {:?}",
+        gateway.seen()
+    );
     s.lab.resolver.set("db.example.test", &[CORP]);
     let corp = s.lab.tcp_recorder(at(CORP, 8080)).unwrap();
     let (head, mut tunnel) = connect_via_proxy(&s.lab, "db.example.test:8080");
