@@ -107,8 +107,8 @@ impl Proxy {
         {
             return deny(
                 StatusCode::BAD_REQUEST,
-                "Content-Length together with Transfer-Encoding (a request-smuggling shape)".into(),
-                "send either Content-Length or chunked encoding, not both".into(),
+                "ambiguous HTTP/1.1 framing (Content-Length with chunked, a bare-LF line ending, or a head a server would refuse): a request-smuggling shape; the rest of this connection is refused too".into(),
+                "end lines with CRLF and send either Content-Length or chunked encoding, not both; open a new connection".into(),
                 "framing",
             );
         }
