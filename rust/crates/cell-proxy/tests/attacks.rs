@@ -10,7 +10,7 @@
 //! works, and the listeners the attack aimed at saw nothing.
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,9 @@ use cell_lab::{Lab, skip_unless_available};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 use http::StatusCode;
+
+mod common;
+use common::{at, connect_via_proxy, events_until, resolve};
 
 const POLICY: &str = r#"{
   "https": [
@@ -104,39 +107,6 @@ fn assert_allowed_path_works(s: &Setup, ip: Ipv4Addr) {
     assert_eq!(got[0].status, StatusCode::OK);
 }
 
-/// The event log once `done` holds for it (events are written by their own
-/// thread), or panics after 3 s showing what is there.
-fn events_until(lab: &Lab, done: impl Fn(&[serde_json::Value]) -> bool) -> Vec<serde_json::Value> {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        let ev = lab.events();
-        if done(&ev) {
-            return ev;
-        }
-        assert!(Instant::now() < deadline, "events never arrived: {ev:#?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn at(ip: Ipv4Addr, port: u16) -> SocketAddr {
-    SocketAddr::new(IpAddr::V4(ip), port)
-}
-
-/// The synthetic address the agent's DNS gives for `name`.
-fn resolve(lab: &Lab, name: &str) -> Ipv4Addr {
-    let m = probe::dns(
-        &lab.agent,
-        fw_dns(),
-        &format!("{name}."),
-        RecordType::A,
-        Transport::Udp,
-    )
-    .unwrap();
-    *probe::a_records(&m)
-        .first()
-        .unwrap_or_else(|| panic!("{name} did not resolve: {m:?}"))
-}
-
 /// Connects from the agent, sends a line, and reads what comes back within
 /// 3 s: the echo, or how it failed and how long that took.
 fn tcp_exchange(lab: &Lab, addr: SocketAddr) -> (Result<Vec<u8>, std::io::ErrorKind>, Duration) {
@@ -159,32 +129,6 @@ fn tcp_exchange(lab: &Lab, addr: SocketAddr) -> (Result<Vec<u8>, std::io::ErrorK
         Err(e) => Err(e.kind()),
     };
     (r, started.elapsed())
-}
-
-/// CONNECT through the explicit proxy; the response head (and a denial's body).
-fn connect_via_proxy(lab: &Lab, target: &str) -> (String, std::net::TcpStream) {
-    let mut c = lab.agent_connect(at(FW_AGENT_V4, EXPLICIT_PORT)).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(c, "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if c.read(&mut b).unwrap_or(0) == 0 {
-            break;
-        }
-        head.push(b[0]);
-    }
-    let head = String::from_utf8_lossy(&head).into_owned();
-    if let Some(len) = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length: "))
-        .and_then(|v| v.trim().parse::<usize>().ok())
-    {
-        let mut body = vec![0u8; len];
-        c.read_exact(&mut body).unwrap();
-        return (head + &String::from_utf8_lossy(&body), c);
-    }
-    (head, c)
 }
 
 /// The places an SSRF aims at: the firewall's own services (loopback, its

@@ -10,12 +10,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cell_lab::https::{CertKind, Client, FakeHttps, get};
-use cell_lab::lab::{WEB_V4, fw_dns};
-use cell_lab::probe::{self, Outcome, Transport};
+use cell_lab::lab::WEB_V4;
+use cell_lab::probe::{self, Outcome};
 use cell_lab::{Lab, skip_unless_available};
-use hickory_proto::rr::RecordType;
 use http::StatusCode;
 use http_body_util::Full;
+
+mod common;
+use common::{at, connect_via_proxy, resolve};
 
 const NAMES: &[&str] = &[
     "api.example.test",
@@ -94,25 +96,6 @@ fn setup_with_limits(limits: &str) -> Option<Setup> {
         agent_tls,
         agent_tls_h1,
     })
-}
-
-/// The synthetic address the agent's DNS gives for `name`.
-fn resolve(lab: &Lab, name: &str) -> Ipv4Addr {
-    let m = probe::dns(
-        &lab.agent,
-        fw_dns(),
-        &format!("{name}."),
-        RecordType::A,
-        Transport::Udp,
-    )
-    .unwrap();
-    *probe::a_records(&m)
-        .first()
-        .unwrap_or_else(|| panic!("{name} did not resolve: {m:?}"))
-}
-
-fn at(ip: Ipv4Addr, port: u16) -> SocketAddr {
-    SocketAddr::new(IpAddr::V4(ip), port)
 }
 
 /// Allowed GET and POST over HTTP/2 and HTTP/1.1, relayed to a validated upstream.
@@ -544,36 +527,6 @@ fn upgrades_are_relayed() {
     });
     assert_eq!(echoed, "ping over the upgraded stream");
     assert_eq!(s.web.seen().len(), 1);
-}
-
-/// Sends `CONNECT target` to the explicit proxy; returns the response head and the socket.
-fn connect_via_proxy(lab: &Lab, target: &str) -> (String, std::net::TcpStream) {
-    use std::io::{Read, Write};
-    let mut c = lab
-        .agent_connect(at(cell_lab::lab::FW_AGENT_V4, cell_lab::lab::EXPLICIT_PORT))
-        .unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(c, "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if c.read(&mut b).unwrap() == 0 {
-            break;
-        }
-        head.push(b[0]);
-    }
-    // Read the body of a denial (Content-Length bounded, small).
-    let head = String::from_utf8_lossy(&head).into_owned();
-    if let Some(len) = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length: "))
-        .and_then(|v| v.trim().parse::<usize>().ok())
-    {
-        let mut body = vec![0u8; len];
-        c.read_exact(&mut body).unwrap();
-        return (head + &String::from_utf8_lossy(&body), c);
-    }
-    (head, c)
 }
 
 /// The explicit proxy: CONNECT to an allowed host is intercepted under the
