@@ -10,6 +10,7 @@ pub mod host;
 pub mod nft;
 pub mod path;
 pub mod policy;
+pub mod secrets;
 pub mod upstream;
 
 pub use document::{OverlayDocument, PolicyDocument};
