@@ -98,6 +98,43 @@ impl ResolvesServerCert for BySni {
 #[derive(Clone, Default)]
 pub struct FakeHttps {
     seen: Arc<Mutex<Vec<String>>>,
+    recorded: Arc<Mutex<Vec<Recorded>>>,
+}
+
+/// One request as the server received it, whole (`/record` and `/reflect`).
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub method: String,
+    pub host: String,
+    /// Path and query, as sent.
+    pub target: String,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Vec<u8>,
+    /// The body did not arrive whole (the client, or the proxy, cut it).
+    pub body_failed: bool,
+    pub version: http::Version,
+}
+
+impl Recorded {
+    /// Every byte the server saw of this request: target, header values, body.
+    pub fn all_bytes(&self) -> Vec<u8> {
+        let mut v = self.target.as_bytes().to_vec();
+        for (n, h) in &self.headers {
+            v.extend_from_slice(n.as_bytes());
+            v.push(b':');
+            v.extend_from_slice(h);
+            v.push(b'\n');
+        }
+        v.extend_from_slice(&self.body);
+        v
+    }
+
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+    }
 }
 
 type Body = BoxBody<Bytes, std::convert::Infallible>;
@@ -112,6 +149,11 @@ impl FakeHttps {
     /// `METHOD path host proto` for every request so far.
     pub fn seen(&self) -> Vec<String> {
         self.seen.lock().expect("seen lock").clone()
+    }
+
+    /// Every request to `/record` or `/reflect` so far, whole.
+    pub fn recorded(&self) -> Vec<Recorded> {
+        self.recorded.lock().expect("recorded lock").clone()
     }
 
     /// Serves TLS (h2 and http/1.1) on `listener` with a certificate per name.
@@ -180,6 +222,53 @@ impl FakeHttps {
         self.seen.lock().expect("seen lock").push(line.clone());
         let query = req.uri().query().unwrap_or("").to_string();
         match req.uri().path() {
+            "/record" | "/reflect" => {
+                let reflect = req.uri().path() == "/reflect";
+                let (parts, body) = req.into_parts();
+                let (body, body_failed) = match body.collect().await {
+                    Ok(b) => (b.to_bytes().to_vec(), false),
+                    Err(_) => (Vec::new(), true),
+                };
+                let rec = Recorded {
+                    method: parts.method.to_string(),
+                    host: host.clone(),
+                    target: parts
+                        .uri
+                        .path_and_query()
+                        .map(|p| p.as_str().to_string())
+                        .unwrap_or_default(),
+                    headers: parts
+                        .headers
+                        .iter()
+                        .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+                        .collect(),
+                    body,
+                    body_failed,
+                    version: parts.version,
+                };
+                self.recorded
+                    .lock()
+                    .expect("recorded lock")
+                    .push(rec.clone());
+                if !reflect {
+                    return text(
+                        StatusCode::OK,
+                        format!("recorded {} body bytes\n", rec.body.len()),
+                    );
+                }
+                // An API that quotes the credential back: in a header and the body.
+                let auth = rec.header("authorization").unwrap_or_default().to_vec();
+                let mut out = b"you sent: ".to_vec();
+                out.extend_from_slice(&auth);
+                out.extend_from_slice(b"\nand the body: ");
+                out.extend_from_slice(&rec.body);
+                out.push(b'\n');
+                let mut r = Response::new(Full::new(Bytes::from(out)).boxed());
+                if let Ok(v) = http::HeaderValue::from_bytes(&auth) {
+                    r.headers_mut().insert("x-you-sent", v);
+                }
+                r
+            }
             "/echo" => {
                 let body = req
                     .into_body()
@@ -356,13 +445,17 @@ impl Client {
 
     /// TLS to `stream` with `sni`, then one request per `(method, path, host)`.
     /// Bodies are read completely, but only counted past `keep` bytes.
-    pub async fn fetch(
+    pub async fn fetch<B>(
         &self,
         stream: std::net::TcpStream,
         sni: &str,
-        requests: Vec<Request<Full<Bytes>>>,
+        requests: Vec<Request<B>>,
         keep: usize,
-    ) -> anyhow::Result<Vec<Fetched>> {
+    ) -> anyhow::Result<Vec<Fetched>>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         stream.set_nonblocking(true)?;
         let tcp = tokio::net::TcpStream::from_std(stream)?;
         let name = rustls_pki_types::ServerName::try_from(sni.to_string())?;
@@ -436,6 +529,23 @@ pub fn get(method: &str, host: &str, path: &str) -> Request<Full<Bytes>> {
         .header("host", host)
         .body(Full::new(Bytes::new()))
         .expect("valid request")
+}
+
+/// A body sent as these separate frames (HTTP/1.1 chunks, HTTP/2 DATA
+/// frames), `gap` apart so that they also arrive apart.
+pub fn frames(chunks: Vec<Vec<u8>>, gap: Duration) -> BoxBody<Bytes, std::convert::Infallible> {
+    // Lazy: nothing runs until the body is polled (inside the lab's runtime).
+    let stream = futures_util::stream::unfold(
+        (chunks.into_iter(), false),
+        move |(mut it, wait)| async move {
+            if wait {
+                tokio::time::sleep(gap).await;
+            }
+            let c = it.next()?;
+            Some((Ok(Frame::data(Bytes::from(c))), (it, true)))
+        },
+    );
+    StreamBody::new(stream).boxed()
 }
 
 /// Where the fake internet's HTTPS server is.

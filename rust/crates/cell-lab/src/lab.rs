@@ -482,8 +482,20 @@ impl Lab {
         policy: &Path,
         overlay: Option<&Path>,
     ) -> anyhow::Result<()> {
+        self.start_proxy_with(binary, policy, overlay, &[])
+    }
+
+    /// [`Lab::start_proxy`] with more arguments (`--secrets FILE`, say).
+    pub fn start_proxy_with(
+        &mut self,
+        binary: &Path,
+        policy: &Path,
+        overlay: Option<&Path>,
+        extra: &[&std::ffi::OsStr],
+    ) -> anyhow::Result<()> {
         let log = std::fs::File::create(self.dir.join("proxy.log"))?;
         let mut cmd = self.firewall.command(binary);
+        cmd.args(extra);
         cmd.arg("--policy").arg(policy);
         if let Some(o) = overlay {
             cmd.arg("--overlay").arg(o);

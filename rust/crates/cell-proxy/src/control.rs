@@ -7,7 +7,11 @@
 //!
 //! The control socket (mode 0600) speaks one JSON object per line:
 //! `{"op":"reload"}` answers with the resulting policy event,
-//! `{"op":"status"}` with counts of what is in force.
+//! `{"op":"status"}` with counts of what is in force,
+//! `{"op":"secrets"}` with each declared secret (never a value), and
+//! `{"op":"secrets-load","values":{"NAME":"VALUE"|null}}` loads (or, with
+//! null, unloads) values into memory; the host CLI sends it, the request
+//! line's buffer is zeroized, and the answer names secrets only.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -17,12 +21,13 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use zeroize::Zeroizing;
 
 use crate::state::State;
 
 const POLL: Duration = Duration::from_millis(25);
-/// Longest control request line.
-const MAX_LINE: usize = 4096;
+/// Longest control request line (a `secrets-load` carries every value).
+const MAX_LINE: usize = 256 * 1024;
 
 type Stamp = Option<(SystemTime, u64, u64)>;
 
@@ -66,10 +71,20 @@ pub async fn serve(state: Arc<State>, path: PathBuf) -> anyhow::Result<()> {
             let state = state.clone();
             tokio::spawn(async move {
                 let (r, mut w) = conn.into_split();
-                let mut lines = BufReader::new(r.take(64 * MAX_LINE as u64)).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
+                let mut r = BufReader::new(r.take(16 * MAX_LINE as u64));
+                loop {
+                    // A request may carry secret values: its buffer is zeroized.
+                    let mut line = Zeroizing::new(Vec::new());
+                    match (&mut r)
+                        .take(MAX_LINE as u64 + 1)
+                        .read_until(b'\n', &mut line)
+                        .await
+                    {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
                     let reply = if line.len() > MAX_LINE {
-                        json!({"ok": false, "error": "request too long"})
+                        json!({"ok": false, "error": format!("request longer than {MAX_LINE} bytes")})
                     } else {
                         answer(&state, &line).await
                     };
@@ -83,11 +98,42 @@ pub async fn serve(state: Arc<State>, path: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn answer(state: &Arc<State>, line: &str) -> Value {
-    let op = serde_json::from_str::<Value>(line)
+/// `{"op":"secrets-load","values":{"NAME":"VALUE" | null, …}}`.
+#[derive(serde::Deserialize)]
+struct LoadSecrets {
+    values: std::collections::BTreeMap<String, Option<Zeroizing<String>>>,
+}
+
+async fn answer(state: &Arc<State>, line: &[u8]) -> Value {
+    let op = serde_json::from_slice::<serde_json::Map<String, Value>>(line)
         .ok()
         .and_then(|v| v.get("op")?.as_str().map(str::to_string));
     match op.as_deref() {
+        Some("secrets-load") => {
+            // Parsed again into zeroized strings; a parse error never quotes the line.
+            let Ok(req) = serde_json::from_slice::<LoadSecrets>(line) else {
+                return json!({"ok": false, "error": "secrets-load wants {\"op\":\"secrets-load\",\"values\":{\"NAME\":\"VALUE\" or null}}"});
+            };
+            let results = state.secrets.load(req.values.into_iter().collect());
+            let mut loaded = Vec::new();
+            let mut refused = Vec::new();
+            for (name, r) in results {
+                match r {
+                    Ok(()) => loaded.push(Value::from(name)),
+                    Err(e) => refused.push(json!({"name": name, "error": e})),
+                }
+            }
+            state.events.emit(crate::events::event(
+                "secrets",
+                [
+                    ("decision", "loaded".into()),
+                    ("loaded", loaded.clone().into()),
+                    ("refused", refused.clone().into()),
+                ],
+            ));
+            json!({"ok": refused.is_empty(), "loaded": loaded, "refused": refused})
+        }
+        Some("secrets") => state.secrets.status(),
         Some("reload") => {
             let ev = reload(state, "control").await;
             json!({"ok": ev.get("decision") == Some(&Value::from("applied")), "event": ev})
@@ -102,7 +148,7 @@ async fn answer(state: &Arc<State>, line: &str) -> Value {
             })
         }
         _ => {
-            json!({"ok": false, "error": "unknown request; send {\"op\":\"reload\"} or {\"op\":\"status\"}"})
+            json!({"ok": false, "error": "unknown request; send {\"op\":\"reload\"}, {\"op\":\"status\"}, {\"op\":\"secrets\"} or {\"op\":\"secrets-load\",…}"})
         }
     }
 }

@@ -24,6 +24,8 @@ pub mod nflog;
 #[doc(hidden)]
 pub mod proxy;
 #[doc(hidden)]
+pub mod secrets;
+#[doc(hidden)]
 pub mod state;
 #[doc(hidden)]
 pub mod synth;

@@ -42,8 +42,8 @@ If the daemon stops, its nftables rules stay: the agent's traffic fails closed."
 #[command(version, about, after_help = AFTER_HELP)]
 struct Cli {
     /// Base policy document (JSON, format in docs/policy.md).
-    #[arg(long, env = "CELL_POLICY", value_name = "FILE")]
-    policy: PathBuf,
+    #[arg(long, env = "CELL_POLICY", value_name = "FILE", required_unless_present_any = ["load_secrets", "secrets_status"])]
+    policy: Option<PathBuf>,
 
     /// Live overlay merged over the base (written by `cell allow`); a missing file counts as empty.
     #[arg(long, value_name = "FILE")]
@@ -66,11 +66,11 @@ struct Cli {
     print_ruleset: bool,
 
     /// Interface facing the agent; the only one the rules restrict.
-    #[arg(long, value_name = "NAME", required_unless_present_any = ["check", "install_overlay"])]
+    #[arg(long, value_name = "NAME", required_unless_present_any = ["check", "install_overlay", "load_secrets", "secrets_status"])]
     agent_iface: Option<String>,
 
     /// The firewall's IPv4 address on the agent link; DNS and the proxies listen here.
-    #[arg(long, value_name = "ADDR", required_unless_present_any = ["check", "install_overlay"])]
+    #[arg(long, value_name = "ADDR", required_unless_present_any = ["check", "install_overlay", "load_secrets", "secrets_status"])]
     listen: Option<Ipv4Addr>,
 
     /// The agent's own address on the link (repeatable: its IPv4 and IPv6 addresses).
@@ -133,12 +133,35 @@ struct Cli {
     #[arg(long, value_name = "PATH")]
     control: Option<PathBuf>,
 
+    /// The secrets document (JSON, docs/secrets.md): names, scopes, locations,
+    /// no values. With --check, every scope must be a host the policy intercepts.
+    #[arg(long, env = "CELL_SECRETS", value_name = "FILE")]
+    secrets: Option<PathBuf>,
+
+    /// Read secret values as one JSON object {"NAME": "VALUE", …} (null unloads)
+    /// from FILE (`-`: standard input, the only way that keeps them out of argv
+    /// and off disk), hand them to the running daemon on --control, print which
+    /// were loaded or refused (never a value), and exit (0: all loaded). This is
+    /// what `cell` runs on the firewall VM.
+    #[arg(long, value_name = "FILE|-", conflicts_with_all = ["check", "print_ruleset", "install_overlay"], requires = "control")]
+    load_secrets: Option<PathBuf>,
+
+    /// Print the running daemon's secrets (name, scope, loaded, last used; never
+    /// a value) as JSON, asking it on --control, and exit.
+    #[arg(long, conflicts_with_all = ["check", "print_ruleset", "install_overlay", "load_secrets"], requires = "control")]
+    secrets_status: bool,
+
     /// Extra CA certificates (PEM) trusted for upstream servers, besides the system roots. Repeatable.
     #[arg(long, value_name = "FILE")]
     upstream_ca: Vec<PathBuf>,
 }
 
 impl Cli {
+    /// The policy file (clap requires it outside the control-socket client modes).
+    fn policy(&self) -> &std::path::Path {
+        self.policy.as_deref().expect("--policy is required here")
+    }
+
     fn params(&self) -> Option<FirewallParams> {
         Some(FirewallParams {
             table: self.table.clone(),
@@ -176,6 +199,7 @@ fn main() -> ExitCode {
 fn install_overlay(cli: &Cli, from: &std::path::Path) -> anyhow::Result<()> {
     use std::io::{BufRead, Read, Write};
     let target = cli.overlay.as_deref().context("--overlay is required")?;
+    let policy_path = cli.policy();
     let mut text = String::new();
     if from == std::path::Path::new("-") {
         std::io::stdin()
@@ -187,9 +211,9 @@ fn install_overlay(cli: &Cli, from: &std::path::Path) -> anyhow::Result<()> {
             std::fs::read_to_string(from).with_context(|| format!("reading {}", from.display()))?;
     }
     let base = cell_policy::PolicyDocument::from_json(
-        &cli.policy.display().to_string(),
-        &std::fs::read_to_string(&cli.policy)
-            .with_context(|| format!("reading {}", cli.policy.display()))?,
+        &policy_path.display().to_string(),
+        &std::fs::read_to_string(policy_path)
+            .with_context(|| format!("reading {}", policy_path.display()))?,
     )?;
     let overlay = cell_policy::OverlayDocument::from_json("new overlay", &text)?;
     if let Err((b, o)) = Policy::build(&base, Some(&overlay)) {
@@ -241,12 +265,97 @@ fn install_overlay(cli: &Cli, from: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Sends one request line to the daemon's control socket; returns its answer.
+fn ask(control: &std::path::Path, line: &[u8]) -> anyhow::Result<serde_json::Value> {
+    use std::io::{BufRead, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(control).with_context(|| {
+        format!(
+            "the daemon's control socket {} does not answer; is cell-proxy running?",
+            control.display()
+        )
+    })?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(line)?;
+    s.write_all(b"\n")?;
+    let mut reply = String::new();
+    std::io::BufReader::new(s).read_line(&mut reply)?;
+    serde_json::from_str(&reply).context("the daemon's answer is not JSON")
+}
+
+/// `--load-secrets`: values from a file or stdin to the daemon's memory.
+fn load_secrets(cli: &Cli, from: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Read;
+    use zeroize::Zeroizing;
+    let control = cli.control.as_deref().context("--control is required")?;
+    let mut text = Zeroizing::new(Vec::new());
+    if from == std::path::Path::new("-") {
+        std::io::stdin()
+            .take(200 * 1024)
+            .read_to_end(&mut text)
+            .context("reading secret values from standard input")?;
+    } else {
+        text = Zeroizing::new(
+            std::fs::read(from).with_context(|| format!("reading {}", from.display()))?,
+        );
+    }
+    let values: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&text)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "the values are not a JSON object of names to strings (line {}, column {})",
+                e.line(),
+                e.column()
+            )
+        })?;
+    let line = Zeroizing::new(serde_json::to_vec(
+        &serde_json::json!({"op": "secrets-load", "values": values}),
+    )?);
+    drop(values);
+    let reply = ask(control, &line)?;
+    println!("{reply}");
+    if reply.get("ok") != Some(&serde_json::Value::Bool(true)) {
+        anyhow::bail!("not every secret was loaded (see \"refused\" above)");
+    }
+    Ok(())
+}
+
+/// Never leave a secret in a core dump or to a debugger of the same user.
+fn harden_process() {
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!(
+            "prctl(PR_SET_DUMPABLE, 0) failed: {e}; a core dump could hold secret values"
+        );
+    }
+    let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(from) = &cli.load_secrets {
+        harden_process();
+        return load_secrets(&cli, from);
+    }
+    if cli.secrets_status {
+        let control = cli.control.as_deref().context("--control is required")?;
+        println!("{}", ask(control, br#"{"op":"secrets"}"#)?);
+        return Ok(());
+    }
     if cli.check {
-        let policy = Policy::load(&cli.policy, cli.overlay.as_deref())?;
+        let policy = Policy::load(cli.policy(), cli.overlay.as_deref())?;
+        if let Some(path) = &cli.secrets {
+            let doc = cell_policy::secrets::SecretsDocument::load(path)?;
+            let problems = doc.check_against(&policy);
+            if !problems.is_empty() {
+                let lines: Vec<String> = problems.iter().map(|e| format!("  {e}")).collect();
+                anyhow::bail!("{} was refused:\n{}", path.display(), lines.join("\n"));
+            }
+            println!(
+                "{}: valid — {} secrets, every scope intercepted by the policy",
+                path.display(),
+                doc.secrets.len()
+            );
+        }
         println!(
             "{}: valid — {} https, {} tcp, {} cidr, {} deny, {} forward entries; pool {}",
-            cli.policy.display(),
+            cli.policy().display(),
             policy.https.len(),
             policy.tcp.len(),
             policy.cidr.len(),
@@ -269,10 +378,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         );
     }
     if cli.print_ruleset {
-        let policy = Policy::load(&cli.policy, cli.overlay.as_deref())?;
+        let policy = Policy::load(cli.policy(), cli.overlay.as_deref())?;
         println!("{}", nft::compile(&policy, &params).to_json());
         return Ok(());
     }
+    harden_process();
+    let secrets = match &cli.secrets {
+        Some(path) => {
+            let doc = cell_policy::secrets::SecretsDocument::load(path)?;
+            let policy = Policy::load(cli.policy(), cli.overlay.as_deref())?;
+            let problems = doc.check_against(&policy);
+            if !problems.is_empty() {
+                let lines: Vec<String> = problems.iter().map(|e| format!("  {e}")).collect();
+                anyhow::bail!("{} was refused:\n{}", path.display(), lines.join("\n"));
+            }
+            doc
+        }
+        None => cell_policy::secrets::SecretsDocument::default(),
+    };
     let events = EventLog::open(
         &cli.events,
         events::Bounds {
@@ -281,7 +404,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         },
     )?;
     let sources = Sources {
-        policy: cli.policy.clone(),
+        policy: cli.policy().to_path_buf(),
         overlay: cli.overlay.clone(),
         firewall: (!cli.no_firewall).then(|| (cli.nft.clone(), params.clone())),
         netns: cli.listen_netns.clone(),
@@ -295,7 +418,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let control = cli.control.clone();
     let state_dir = cli.state_dir.clone();
     runtime.block_on(serve(
-        sources, events, params, state_dir, client_tls, control,
+        sources, events, params, state_dir, client_tls, control, secrets,
     ))
 }
 
@@ -331,8 +454,10 @@ async fn serve(
     state_dir: PathBuf,
     client_tls: rustls::ClientConfig,
     control_path: Option<PathBuf>,
+    secrets: cell_policy::secrets::SecretsDocument,
 ) -> anyhow::Result<()> {
     let state = State::start(sources, events.clone()).context("loading the policy")?;
+    state.secrets.set_document(&secrets);
     let cert_cache = state.policy().limits.cert_cache as usize;
     let ca =
         Arc::new(ca::Ca::load_or_create(&state_dir, cert_cache).context("loading the cell CA")?);

@@ -36,6 +36,8 @@ pub struct State {
     pub agent_nets: std::sync::OnceLock<Vec<ipnet::IpNet>>,
     /// New names looked up upstream per wildcard entry ([`NameBudget`]).
     pub name_budget: NameBudget,
+    /// Declared secrets and their values ([`crate::secrets`]).
+    pub secrets: Arc<crate::secrets::Store>,
 }
 
 fn forwarder_for(policy: &Policy) -> Option<Arc<Forwarder>> {
@@ -114,6 +116,7 @@ impl State {
             reload_lock: Mutex::new(()),
             agent_nets: std::sync::OnceLock::new(),
             name_budget: NameBudget::default(),
+            secrets: Arc::default(),
         }))
     }
 

@@ -46,6 +46,7 @@ use crate::state::State;
 
 mod accept;
 mod explicit;
+mod inject;
 mod relay;
 mod request;
 mod upstream;
@@ -54,7 +55,10 @@ pub use relay::Metered;
 use upstream::*;
 pub use upstream::{Upstream, UpstreamIo, UpstreamRefused};
 
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type Body = BoxBody<Bytes, BoxError>;
+/// What goes upstream: the client's body, metered and scanned for secrets.
+pub type UpBody = BoxBody<Bytes, BoxError>;
+pub use crate::secrets::scan::BoxError;
 
 /// Everything a connection handler needs.
 pub struct Proxy {
@@ -62,12 +66,12 @@ pub struct Proxy {
     server_tls: Arc<rustls::ServerConfig>,
     client_tls: Arc<rustls::ClientConfig>,
     /// Upstream for HTTP/2 clients: offers h2 (and http/1.1) by ALPN.
-    client_h2: Client<Upstream, Metered<Incoming>>,
+    client_h2: Client<Upstream, UpBody>,
     /// Upstream for HTTP/1.1 clients: http/1.1 only. Keeping the client's protocol
     /// keeps gRPC and other h2-only services working, and an HTTP/1.1 client's
     /// requests off a shared h2 connection (measured: lower tail latency, higher
     /// bulk throughput; docs/benchmarks.md).
-    client_h1: Client<Upstream, Metered<Incoming>>,
+    client_h1: Client<Upstream, UpBody>,
     slots: Arc<Semaphore>,
     /// The cell CA certificate (PEM, public), served at [`CA_PATH`] on the
     /// explicit port so the agent VM can trust it at boot without the key

@@ -165,7 +165,7 @@ impl Proxy {
                     }
                 });
             }
-            Ok(resp.map(|b| b.boxed()))
+            Ok(resp.map(|b| b.map_err(BoxError::from).boxed()))
         }
         .await;
         match result {

@@ -245,7 +245,14 @@ impl Proxy {
             HeaderValue::from_str(&authority_for(&c.name, c.port)).expect("valid host"),
         );
         if is_upgrade {
-            return self.upgrade(req, c, rule, started).await;
+            // The head only: after the 101 the bytes are relayed as they are.
+            let (mut parts, body) = req.into_parts();
+            if let Err(b) = self.state.secrets.plan(&c.name, &mut parts) {
+                return self.secret_denied(c, &method, &path_for_log, &b, started);
+            }
+            return self
+                .upgrade(Request::from_parts(parts, body), c, rule, started)
+                .await;
         }
         strip_hop_by_hop(req.headers_mut());
         // Bodies are metered as they stream; the event is written when the
@@ -258,10 +265,22 @@ impl Proxy {
             m.failed = flag;
             m
         });
-        match client.request(req).await {
+        // The secrets stage: placeholders in, values refused, the body scanned.
+        let prepared = match self.prepare(req, c).await {
+            Ok(p) => p,
+            Err(b) => return self.secret_denied(c, &method, &path_for_log, &b, started),
+        };
+        let (scrub, secrets) = (prepared.plan.scrub, prepared.plan.injected.clone());
+        match client.request(prepared.req).await {
             Ok(mut resp) => {
                 strip_hop_by_hop(resp.headers_mut());
                 let status = resp.status().as_u16();
+                let resp = if scrub {
+                    self.scrub(&method, resp)
+                } else {
+                    resp.map(|b| b.map_err(BoxError::from).boxed())
+                };
+                let secrets = (!secrets.is_empty()).then(|| Value::from(secrets));
                 let (state, conn) = (self.state.clone(), c.clone());
                 let done: Box<dyn FnOnce(u64) + Send + Sync> = Box::new(move |down| {
                     conn_event(
@@ -273,6 +292,7 @@ impl Proxy {
                             ("path", path_for_log.into()),
                             ("decision", "allow".into()),
                             ("rule", rule.into()),
+                            ("secrets", secrets.unwrap_or(Value::Null)),
                             ("status", status.into()),
                             ("bytes_up", up.load(Ordering::Relaxed).into()),
                             ("bytes_down", down.into()),
@@ -283,6 +303,11 @@ impl Proxy {
                 resp.map(|b| Metered::new(b, Arc::new(AtomicU64::new(0)), Some(done)).boxed())
             }
             Err(e) => {
+                // The body scan stopped the body before the bytes it refused.
+                let blocked = prepared.blocked.lock().expect("blocked lock").take();
+                if let Some(b) = blocked {
+                    return self.secret_denied(c, &method, &path_for_log, &b, started);
+                }
                 // The client's own body was malformed (an overflowing chunk size,
                 // say): its fault, not the upstream's.
                 if body_failed.load(Ordering::Relaxed) {
