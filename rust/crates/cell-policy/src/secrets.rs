@@ -158,13 +158,14 @@ impl SecretsDocument {
     /// Parses and validates a document; `file` names it in errors.
     pub fn from_json(file: &str, text: &str) -> Result<Self, SecretsError> {
         let de = &mut serde_json::Deserializer::from_str(text);
-        let doc: SecretsDocument = serde_path_to_error::deserialize(de).map_err(|e| SecretsError {
-            file: file.into(),
-            errors: vec![FieldError {
-                path: e.path().to_string(),
-                message: e.inner().to_string(),
-            }],
-        })?;
+        let doc: SecretsDocument =
+            serde_path_to_error::deserialize(de).map_err(|e| SecretsError {
+                file: file.into(),
+                errors: vec![FieldError {
+                    path: e.path().to_string(),
+                    message: e.inner().to_string(),
+                }],
+            })?;
         let errors = doc.problems();
         if errors.is_empty() {
             Ok(doc)
@@ -357,8 +358,7 @@ mod tests {
         assert!(e.to_string().contains("secrets[0].placeholder"), "{e}");
         let e = SecretsDocument::from_json("t", &doc(r#","kind":"aws""#)).unwrap_err();
         assert!(
-            e.to_string()
-                .contains("cell-placeholder-anthropic.akid"),
+            e.to_string().contains("cell-placeholder-anthropic.akid"),
             "{e}"
         );
         let bad = doc("").replace("api.anthropic.com", "*");
@@ -389,6 +389,9 @@ mod tests {
         let base =
             crate::PolicyDocument::from_json("p", r#"{"https":[{"host":"*.anthropic.com"}]}"#)
                 .unwrap();
-        assert!(d.check_against(&Policy::build(&base, None).unwrap()).is_empty());
+        assert!(
+            d.check_against(&Policy::build(&base, None).unwrap())
+                .is_empty()
+        );
     }
 }
