@@ -10,6 +10,7 @@ mod overlay;
 mod relay;
 mod remote;
 mod signals;
+mod sources;
 mod spec;
 mod state;
 mod supervise;
