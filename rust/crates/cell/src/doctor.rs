@@ -92,18 +92,108 @@ pub fn kvm_with_qemu(qemu: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// How long a kernel may take under KVM to print its first line. Under a
+/// working KVM that is well under a second; a broken one never prints.
+pub const KERNEL_PROBE: std::time::Duration = std::time::Duration::from_secs(8);
+
+/// Does `kernel` get as far as its first printk under KVM here? Some nested
+/// setups pass every cheaper check — /dev/kvm creates VMs, a paused guest
+/// starts, even real, protected and long mode code runs — and then hang
+/// silently once the kernel starts. Booting the VM's own kernel (no initrd:
+/// it panics right after, and `panic=-1 -no-reboot` ends qemu) is the check
+/// that answers for this kernel; it stops at the `Linux version` line.
+pub fn kernel_boots_under_kvm(
+    qemu: &Path,
+    kernel: &Path,
+    system: &str,
+    budget: std::time::Duration,
+) -> Result<(), String> {
+    use std::io::BufRead;
+    let (machine, console) = if system.starts_with("aarch64") {
+        ("virt", "console=ttyAMA0 earlycon")
+    } else {
+        ("q35", "console=ttyS0 earlyprintk=ttyS0")
+    };
+    let mut child = Command::new(qemu)
+        .args(["-machine", machine, "-accel", "kvm", "-cpu", "host"])
+        .args(["-m", "256", "-smp", "1", "-nodefaults", "-no-user-config"])
+        .args(["-display", "none", "-monitor", "none", "-no-reboot"])
+        .args(["-serial", "stdio", "-kernel"])
+        .arg(kernel)
+        .args(["-append", &format!("{console} panic=-1 loglevel=4")])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", qemu.display()))?;
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).split(b'\n') {
+            let Ok(line) = line else { break };
+            if String::from_utf8_lossy(&line).contains("Linux version") {
+                let _ = tx.send(());
+                return;
+            }
+        }
+    });
+    let printed = rx.recv_timeout(budget).is_ok();
+    let _ = child.kill();
+    let status = child.wait();
+    if printed {
+        return Ok(());
+    }
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    let said = err
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.contains("terminating on signal"))
+        .map(|l| format!(" (qemu: {l})"))
+        .unwrap_or_default();
+    Err(match status {
+        Ok(s) if s.code().is_some() => format!(
+            "qemu exited before the kernel {} printed anything under KVM{said}",
+            kernel.display()
+        ),
+        _ => format!(
+            "the kernel {} printed nothing within {}s under KVM{said}; nested virtualization here starts guests but cannot run this kernel",
+            kernel.display(),
+            budget.as_secs()
+        ),
+    })
+}
+
 /// The accelerator to use, and a warning to print when it is the slow one.
-pub fn choose_accel(request: &str, qemu: &Path) -> anyhow::Result<(Accel, Option<String>)> {
+/// With `kernel` (the VM's kernel and its system), KVM counts as usable only
+/// if that kernel starts under it ([`kernel_boots_under_kvm`]).
+pub fn choose_accel(
+    request: &str,
+    qemu: &Path,
+    kernel: Option<(&Path, &str)>,
+) -> anyhow::Result<(Accel, Option<String>)> {
     if cfg!(target_os = "macos") {
         return Ok((Accel::Hvf, None));
     }
+    let usable = || {
+        kvm_with_qemu(qemu)?;
+        match kernel {
+            Some((k, system)) => {
+                eprintln!("cell: checking that the VM's kernel starts under KVM here…");
+                kernel_boots_under_kvm(qemu, k, system, KERNEL_PROBE)
+            }
+            None => Ok(()),
+        }
+    };
     match request {
         "kvm" => {
-            kvm_with_qemu(qemu).map_err(|e| anyhow::anyhow!("--accel kvm: {e}"))?;
+            usable().map_err(|e| anyhow::anyhow!("--accel kvm: {e}"))?;
             Ok((Accel::Kvm, None))
         }
         "tcg" => Ok((Accel::Tcg, None)),
-        "auto" => match kvm_with_qemu(qemu) {
+        "auto" => match usable() {
             Ok(()) => Ok((Accel::Kvm, None)),
             Err(why) => Ok((
                 Accel::Tcg,
@@ -329,7 +419,9 @@ pub fn report(root: &Path) -> (String, bool) {
         let k = kvm_with_qemu(Path::new("qemu-system-x86_64"));
         checks.push(Check {
             ok: k.is_ok(),
-            what: "KVM usable".into(),
+            what:
+                "KVM usable (a guest starts; `cell start` also checks that the VM's kernel boots)"
+                    .into(),
             fix: k.err().map(|e| {
                 format!("{e}. Without KVM cell falls back to TCG emulation (slow but works)")
             }),
@@ -567,12 +659,12 @@ mod tests {
             assert!(why.contains("/dev/kvm"), "{why}");
         }
         let qemu = Path::new("qemu-system-x86_64");
-        let (accel, warning) = choose_accel("auto", qemu).unwrap();
+        let (accel, warning) = choose_accel("auto", qemu, None).unwrap();
         if accel == Accel::Tcg {
             assert!(warning.unwrap().contains("TCG"));
-            let e = choose_accel("kvm", qemu).unwrap_err().to_string();
+            let e = choose_accel("kvm", qemu, None).unwrap_err().to_string();
             assert!(e.contains("--accel kvm: ") && e.contains("/dev/kvm"), "{e}");
         }
-        assert!(choose_accel("fast", qemu).is_err());
+        assert!(choose_accel("fast", qemu, None).is_err());
     }
 }

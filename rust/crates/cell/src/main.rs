@@ -582,7 +582,11 @@ fn up(name: &str, args: &UpArgs, then: Then) -> anyhow::Result<u8> {
             "qemu-system-x86_64"
         })
     });
-    let (accel, warning) = doctor::choose_accel(&args.accel, &qemu)?;
+    let (accel, warning) = doctor::choose_accel(
+        &args.accel,
+        &qemu,
+        Some((fw.kernel.as_path(), fw.system.as_str())),
+    )?;
     if let Some(w) = warning {
         eprintln!("{w}");
     }

@@ -68,6 +68,20 @@ struct Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
+        // On failure the consoles are the only witness of what the VMs did,
+        // and the state directory is about to go: print their tails.
+        if std::thread::panicking() {
+            let dir = self.state.join("instances").join(&self.instance);
+            for role in ["firewall", "agent"] {
+                let text = std::fs::read_to_string(dir.join(format!("{role}.console")))
+                    .unwrap_or_else(|e| format!("(unreadable: {e})"));
+                let tail: Vec<&str> = text.lines().rev().take(60).collect();
+                eprintln!("--- {role}.console (last {} lines) ---", tail.len());
+                for line in tail.iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
         for pid in qemu_processes(&self.instance) {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
