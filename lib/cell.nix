@@ -16,8 +16,9 @@
 # secrets and link); `firewallModules` / `agentModules` to one each.
 # Returns { firewall; agent; vms; runners; }: the two nixosSystems; `vms`,
 # what the host CLI builds and boots (firewall.json and agent.json, the VM
-# specs it turns into qemu or vfkit command lines, and policy.json, the Nix
-# baseline `cell policy` and `cell allow` validate against); and `runners`,
+# specs it turns into qemu or vfkit command lines, policy.json, the Nix
+# baseline `cell policy` and `cell allow` validate against, and secrets.json,
+# the secrets document `cell` reads the sources of); and `runners`,
 # both microvm.nix runners, to start the VMs without the CLI.
 { nixpkgs
 , microvm
@@ -77,6 +78,12 @@ in
     {
       name = "policy.json";
       path = firewall.config.cell.firewall.checkedPolicy;
+    }
+    # Names, scopes and sources, never a value: what the host CLI reads
+    # before it pushes the values to the firewall daemon's memory.
+    {
+      name = "secrets.json";
+      path = firewall.config.environment.etc."cell/secrets.json".source;
     }
   ];
   runners = hostPkgs.linkFarm "cell-runners" [

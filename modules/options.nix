@@ -41,12 +41,68 @@ let
         type = types.nullOr (types.strMatching "[A-Za-z_][A-Za-z0-9_]*");
         default = null;
         example = "ANTHROPIC_API_KEY";
-        description = "Environment variable the agent VM gets, holding the placeholder (never the value).";
+        description = ''
+          Environment variable the agent VM gets, holding the placeholder
+          `cell-placeholder-<name>` (never the value). `null` sets none.
+          Must stay `null` for `kind = "aws"`, whose variables are fixed.
+        '';
       };
       hosts = mkOption {
         type = types.nonEmptyListOf hostPattern;
         example = [ "api.anthropic.com" ];
         description = "The only hosts the value may be sent to. A placeholder or value headed anywhere else is blocked.";
+      };
+      kind = mkOption {
+        type = types.enum [
+          "token"
+          "aws"
+        ];
+        default = "token";
+        example = "aws";
+        description = ''
+          `"token"`: the firewall replaces the placeholder by the value,
+          where `locations` allows, in requests to `hosts`.
+
+          `"aws"`: IAM credentials for SigV4. The agent VM gets
+          `AWS_ACCESS_KEY_ID=cell-placeholder-<name>.akid` and
+          `AWS_SECRET_ACCESS_KEY=cell-placeholder-<name>` (so `env` must be
+          `null`), and its SDKs and CLI sign as usual. For a request to
+          `hosts` signed with that key id, the firewall checks the signature
+          with the placeholder (a request it cannot verify is refused) and
+          signs the request again with the real credentials. The value is the
+          `credential_process` JSON (`AccessKeyId`, `SecretAccessKey`,
+          optional `SessionToken`), e.g. from
+          `source.command = [ "aws" "configure" "export-credentials" "--profile" "dev" "--format" "process" ]`.
+          One aws secret per cell; `locations` does not apply.
+        '';
+      };
+      locations = mkOption {
+        type = types.nonEmptyListOf (
+          types.enum [
+            "header"
+            "query"
+            "body"
+          ]
+        );
+        default = [ "header" ];
+        example = [
+          "header"
+          "body"
+        ];
+        description = ''
+          Where in a request to `hosts` the placeholder of a `"token"`
+          secret is replaced by the value:
+
+          - `"header"`: any request header, also inside `Basic` credentials.
+          - `"query"`: the request target, path and query; the value is put in
+            percent-encoded. Without it, a placeholder there is refused (403).
+          - `"body"`: the request body, replaced while it streams (never
+            buffered whole); its length is then not announced in advance
+            (`Content-Length` is dropped, HTTP/1.1 upstreams get it chunked).
+            Without it, a placeholder in the body is left as it is.
+
+          Must stay `[ "header" ]` for `kind = "aws"`.
+        '';
       };
       source = {
         keychain = mkOption {
@@ -281,21 +337,28 @@ in
           hosts = [ "api.anthropic.com" ];
           source.keychain = "anthropic-api-key";
         };
+        bedrock = {
+          kind = "aws";
+          hosts = [ "bedrock-runtime.us-east-1.amazonaws.com" ];
+          source.command = [ "aws" "configure" "export-credentials" "--profile" "dev" "--format" "process" ];
+        };
       }
     '';
     description = ''
       Provider secrets, declared by name, scope and source, never by value.
-      The agent VM sees only `cell-placeholder-<name>` in `env`; the firewall
+      The agent VM sees only `cell-placeholder-<name>` in `env` (for an aws
+      secret, in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY); the firewall
       puts the real value in its place, only in requests to `hosts`. The
-      host CLI reads the source at session start; the value is never written
-      to either VM's disk or the Nix store.
+      host CLI reads the source at session start and pushes the value to the
+      firewall daemon's memory; it is never written to either VM's disk or
+      the Nix store. Two secrets may not set the same variable.
     '';
   };
 
   options.cell.secretsDocument = mkOption {
     type = types.attrs;
     readOnly = true;
-    description = "The compiled secrets document (names, scopes, sources, placeholders; no values). Read-only.";
+    description = "The compiled secrets document (names, kinds, scopes, locations, sources, placeholders; no values), read by `cell-proxy --secrets`. Read-only.";
   };
 
   # The private link between the two VMs. Both VMs read the same values, so

@@ -263,7 +263,7 @@ in
         "fd89::1/64"
       ];
     })
-  (eq "firewall: the secrets document names sources, never values" (builtins.fromJSON fw.environment.etc."cell/secrets.json".source.text) {
+  (eq "firewall: the secrets document names sources, never values" (builtins.fromJSON (builtins.toJSON fw.cell.secretsDocument)) {
     version = 1;
     secrets = [
       {
@@ -271,10 +271,156 @@ in
         env = "EXAMPLE_KEY";
         placeholder = "cell-placeholder-example";
         hosts = [ "api.example.com" ];
+        kind = "token";
+        locations = [ "header" ];
         source.env = "EXAMPLE_KEY";
       }
     ];
   })
+  (eq "firewall: the installed secrets document is that one, after cell-proxy --check ran on it against the policy"
+    (
+      let
+        checked = fw.environment.etc."cell/secrets.json".source;
+        # The file the module writes, as the stub names it (by its content).
+        written = (stubPkgs { }).writeText "cell-secrets.json" (builtins.toJSON fw.cell.secretsDocument);
+        policy = (stubPkgs { }).writeText "cell-policy.json" (builtins.toJSON fw.cell.policy.document);
+      in
+      [
+        checked.name
+        (lib.hasInfix "--check --policy ${policy} --secrets ${written}" checked.script)
+        (lib.hasInfix "cp ${written} $out" checked.script)
+      ]
+    ) [
+    "cell-secrets-checked.json"
+    true
+    true
+  ])
+  (eq "firewall: an aws secret's document has its kind and access key id placeholder; a token's locations as given"
+    (
+      (builtins.fromJSON (builtins.toJSON (firewall [
+        {
+          cell.policy.https."bedrock-runtime.us-east-1.amazonaws.com" = { };
+          cell.policy.https."api.example.com" = { };
+          cell.secrets.bedrock = {
+            kind = "aws";
+            hosts = [ "bedrock-runtime.us-east-1.amazonaws.com" ];
+            source.command = [
+              "aws"
+              "configure"
+              "export-credentials"
+              "--profile"
+              "dev"
+              "--format"
+              "process"
+            ];
+          };
+          cell.secrets.search = {
+            env = "SEARCH_KEY";
+            hosts = [ "api.example.com" ];
+            locations = [
+              "query"
+              "body"
+            ];
+            source.keychain = "search-key";
+          };
+        }
+      ]).cell.secretsDocument))
+    ).secrets [
+    {
+      name = "bedrock";
+      env = null;
+      placeholder = "cell-placeholder-bedrock";
+      accessKeyIdPlaceholder = "cell-placeholder-bedrock.akid";
+      hosts = [ "bedrock-runtime.us-east-1.amazonaws.com" ];
+      kind = "aws";
+      locations = [ "header" ];
+      source.command = [
+        "aws"
+        "configure"
+        "export-credentials"
+        "--profile"
+        "dev"
+        "--format"
+        "process"
+      ];
+    }
+    {
+      name = "search";
+      env = "SEARCH_KEY";
+      placeholder = "cell-placeholder-search";
+      hosts = [ "api.example.com" ];
+      kind = "token";
+      locations = [
+        "query"
+        "body"
+      ];
+      source.keychain = "search-key";
+    }
+  ])
+  (eq "firewall: cell-proxy reads the secrets document; values never reach a file or a credential; a changed document restarts it"
+    [
+      (has "--secrets /etc/cell/secrets.json")
+      (svc.serviceConfig ? LoadCredential || svc.serviceConfig ? LoadCredentialEncrypted || svc.serviceConfig ? SetCredential)
+      (lib.length svc.restartTriggers)
+      (lib.elem fw.environment.etc."cell/secrets.json".source svc.restartTriggers)
+    ]
+    [
+      true
+      false
+      2
+      false
+    ])
+  (eq "firewall: the host CLI's secrets commands, values on stdin only"
+    (
+      let
+        script = n: (lib.findFirst (p: p.name == n) { text = "absent"; } fw.environment.systemPackages).text;
+      in
+      map (lib.hasInfix "/bin/cell-proxy --control /run/cell-proxy/control") [
+        (script "cell-secrets-load")
+        (script "cell-secrets-status")
+      ]
+      ++ [
+        (lib.hasSuffix "--load-secrets -\n" (script "cell-secrets-load"))
+        (lib.hasSuffix "--secrets-status\n" (script "cell-secrets-status"))
+      ]
+    ) [
+    true
+    true
+    true
+    true
+  ])
+  (eq "firewall: a secret's kind and locations are typed"
+    (map (s: throws (firewall [{ cell.secrets.x = { hosts = [ "a.example" ]; source.env = "X"; } // s; }]).cell.secretsDocument) [
+      { kind = "oauth"; }
+      { locations = [ ]; }
+      { locations = [ "cookie" ]; }
+      { locations = [ "header" "query" "body" ]; }
+      { kind = "aws"; }
+    ]) [
+    true
+    true
+    true
+    false
+    false
+  ])
+  (eq "firewall: an aws secret with env, or with locations, or two aws secrets, are refused"
+    (map (c: throws (firewall [{ cell.secrets = c; }]).environment.etc."cell/secrets.json".source.script) [
+      { x = { kind = "aws"; env = "AWS_KEY"; hosts = [ "a.example" ]; source.env = "X"; }; }
+      { x = { kind = "aws"; locations = [ "body" ]; hosts = [ "a.example" ]; source.env = "X"; }; }
+      {
+        x = { kind = "aws"; hosts = [ "a.example" ]; source.env = "X"; };
+        y = { kind = "aws"; hosts = [ "b.example" ]; source.env = "Y"; };
+      }
+      {
+        x = { env = "K"; hosts = [ "a.example" ]; source.env = "X"; };
+        y = { env = "K"; hosts = [ "b.example" ]; source.env = "Y"; };
+      }
+    ]) [
+    true
+    true
+    true
+    true
+  ])
   (eq "firewall: cell-proxy bounds and rotates its own event log (16 MiB, 4 kept); logrotate is not used"
     [
       (has "--events-max-bytes 16777216 --events-keep 4")
@@ -529,6 +675,45 @@ in
         }
       ]))
     ) [ true ])
+  (eq "agent: an aws secret gives the AWS SDKs their two variables, placeholders only"
+    (
+      let
+        c = agent [
+          {
+            cell.secrets.bedrock = {
+              kind = "aws";
+              hosts = [ "bedrock-runtime.us-east-1.amazonaws.com" ];
+              source.command = [
+                "aws"
+                "configure"
+                "export-credentials"
+                "--profile"
+                "dev"
+                "--format"
+                "process"
+              ];
+            };
+          }
+        ];
+      in
+      {
+        inherit (c.environment.variables) AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY;
+        leaks = lib.filter (lib.hasInfix "export-credentials") (lib.attrValues c.environment.variables);
+      }
+    )
+    {
+      AWS_ACCESS_KEY_ID = "cell-placeholder-bedrock.akid";
+      AWS_SECRET_ACCESS_KEY = "cell-placeholder-bedrock";
+      leaks = [ ];
+    })
+  (eq "agent: two secrets in one variable are refused"
+    (throws (agent [
+      {
+        cell.secrets.x = { env = "K"; hosts = [ "a.example" ]; source.env = "X"; };
+        cell.secrets.y = { env = "K"; hosts = [ "b.example" ]; source.env = "Y"; };
+      }
+    ]).environment.variables)
+    true)
   (eq "agent: sees the placeholder, never the source"
     {
       key = ag.environment.variables.EXAMPLE_KEY;

@@ -21,6 +21,15 @@ let
 
   secretsJson = pkgs.writeText "cell-secrets.json" (builtins.toJSON config.cell.secretsDocument);
 
+  # The secrets document, checked the same way and against the policy: a
+  # secret scoped to a host the policy does not intercept (not allowed over
+  # HTTPS on 443, passthrough, denied) could never be put in, so the build
+  # fails with the daemon's message and the line that fixes it.
+  checkedSecrets = pkgs.runCommand "cell-secrets-checked.json" { } ''
+    ${lib.getExe cfg.package} --check --policy ${policyJson} --secrets ${secretsJson}
+    cp ${secretsJson} $out
+  '';
+
   eventLog = "/var/log/cell-proxy/events.jsonl";
 
   # What `cell allow` runs over SSH: the new overlay on stdin, validated over
@@ -32,9 +41,26 @@ let
       --install-overlay -
   '';
 
+  # What the host CLI runs over SSH when a cell boots or on `cell secrets
+  # reload`: the values, one JSON object {"NAME": "VALUE", …}, on stdin only
+  # (never argv, never a file), handed to the daemon's memory; it prints
+  # which were loaded or refused, never a value.
+  secretsLoad = pkgs.writeShellScriptBin "cell-secrets-load" ''
+    exec ${lib.getExe cfg.package} --control ${lib.escapeShellArg cfg.controlSocket} \
+      --load-secrets -
+  '';
+
+  # What `cell secrets` runs over SSH: name, scope, loaded, last used (JSON).
+  secretsStatus = pkgs.writeShellScriptBin "cell-secrets-status" ''
+    exec ${lib.getExe cfg.package} --control ${lib.escapeShellArg cfg.controlSocket} \
+      --secrets-status
+  '';
+
   args = [
     "--policy"
     "/etc/cell/policy.json"
+    "--secrets"
+    "/etc/cell/secrets.json"
     "--overlay"
     cfg.overlayFile
     "--agent-iface"
@@ -88,9 +114,10 @@ in
     cell.firewall.checkedPolicy = checkedPolicy;
 
     environment.etc."cell/policy.json".source = checkedPolicy;
-    # Names, scopes and sources only; cell-inject receives values over the
-    # control channel and keeps them in memory.
-    environment.etc."cell/secrets.json".source = secretsJson;
+    # Names, scopes and sources only, never a value: cell-proxy reads it
+    # (--secrets), receives the values over its control socket
+    # (cell-secrets-load) and keeps them in memory; it puts them in itself.
+    environment.etc."cell/secrets.json".source = checkedSecrets;
 
     # Rejected UDP and ICMP must fail fast for the agent, every time: the
     # kernel's per-destination ICMP rate limit would turn them into timeouts.
@@ -169,7 +196,14 @@ in
       # that would drop the agent's connections. cell-proxy also notices the
       # changed file by itself within ~50 ms.
       reloadTriggers = [ checkedPolicy ];
-      restartTriggers = [ cfg.package ];
+      # The secrets document is read at start only. A changed one restarts
+      # the daemon, which forgets the values; the host CLI pushes them again
+      # (it asks which are loaded before every session). Its content, not the
+      # checked copy: that one changes with every policy change too.
+      restartTriggers = [
+        cfg.package
+        secretsJson
+      ];
       environment.RUST_LOG = lib.mkDefault "info";
       serviceConfig = {
         ExecStart = lib.escapeShellArgs ([ (lib.getExe cfg.package) ] ++ args);
@@ -246,6 +280,8 @@ in
       cfg.package
       pkgs.nftables
       overlayInstall
+      secretsLoad
+      secretsStatus
     ];
   };
 }

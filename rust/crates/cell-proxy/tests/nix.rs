@@ -210,3 +210,68 @@ fn module_options_evaluate_and_validate() {
         assert_eq!(result, &expected, "{case}");
     }
 }
+
+/// The secrets document lib/secrets.nix compiles (token and aws kinds,
+/// locations, every source) is the one the daemon reads: `cell-proxy
+/// --check --secrets` accepts it against the policy lib/policy.nix compiles,
+/// and refuses it, naming the secret, when the policy does not intercept a
+/// secret's host — the same check the firewall module runs at build time.
+#[test]
+fn lib_secrets_document_passes_cell_proxy_check() {
+    if !nix_available() {
+        return;
+    }
+    let compile = |https: &str| {
+        eval_json(&[
+            "-E",
+            &format!(
+                r#"{{
+                  policy = (import ./lib/policy.nix).toDocument {{ https = {https}; }};
+                  secrets = (import ./lib/secrets.nix).toDocument {{
+                    anthropic = {{ env = "ANTHROPIC_API_KEY"; hosts = [ "api.anthropic.com" ]; source.keychain = "anthropic-api-key"; }};
+                    search = {{ env = "SEARCH_KEY"; hosts = [ "*.search.example" ]; locations = [ "query" "body" ]; source.command = [ "pass" "show" "search" ]; }};
+                    bedrock = {{ kind = "aws"; hosts = [ "bedrock-runtime.us-east-1.amazonaws.com" ]; source.command = [ "aws" "configure" "export-credentials" "--format" "process" ]; }};
+                    gh = {{ hosts = [ "api.github.com" ]; source.file = "/run/user/1000/gh-token"; }};
+                    ci = {{ env = "CI_TOKEN"; hosts = [ "api.github.com" ]; source.env = "CI_TOKEN"; }};
+                  }};
+                }}"#
+            ),
+        ])
+    };
+    let run = |r: &serde_json::Value| {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = dir.path().join("policy.json");
+        let secrets = dir.path().join("secrets.json");
+        std::fs::write(&policy, r["policy"].to_string()).unwrap();
+        std::fs::write(&secrets, r["secrets"].to_string()).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_cell-proxy"))
+            .arg("--check")
+            .arg("--policy")
+            .arg(&policy)
+            .arg("--secrets")
+            .arg(&secrets)
+            .output()
+            .unwrap()
+    };
+    let all = r#"{ "api.anthropic.com" = { }; "*.search.example" = { }; "bedrock-runtime.us-east-1.amazonaws.com" = { }; "api.github.com" = { }; }"#;
+    let r = compile(all);
+    assert_eq!(r["secrets"]["secrets"].as_array().unwrap().len(), 5);
+    let ok = run(&r);
+    assert!(
+        ok.status.success(),
+        "cell-proxy refused the Nix-compiled secrets document {}:\n{}",
+        r["secrets"],
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    // The same secrets with one host not allowed: refused, naming it.
+    let r = compile(
+        r#"{ "api.anthropic.com" = { }; "*.search.example" = { }; "api.github.com" = { }; }"#,
+    );
+    let refused = run(&r);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{err}");
+    assert!(
+        err.contains("bedrock") && err.contains("bedrock-runtime.us-east-1.amazonaws.com"),
+        "{err}"
+    );
+}
