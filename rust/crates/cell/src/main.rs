@@ -9,6 +9,7 @@ mod nixbuild;
 mod overlay;
 mod relay;
 mod remote;
+mod secrets;
 mod signals;
 mod sources;
 mod spec;
@@ -102,6 +103,12 @@ enum Harness {
 enum Kind {
     Https,
     Tcp,
+}
+
+#[derive(Subcommand, Clone, Copy)]
+enum SecretsAction {
+    /// Read every declared secret from its source again and push the values.
+    Reload,
 }
 
 #[derive(Subcommand)]
@@ -199,6 +206,27 @@ configuration (`cell.policy`) and run `cell provision`.")]
         #[arg(long, short = 'n', default_value_t = 20)]
         lines: usize,
     },
+    /// The secrets the firewall puts into requests: loaded or not, last used. Never a value.
+    #[command(after_help = "\
+Each secret is declared in the Nix configuration (cell.secrets.<name>: its hosts, where in a
+request it may go, and its source on this machine: keychain, command, env or file). The agent
+VM holds only the placeholder `cell-placeholder-<name>`; the firewall swaps in the value, for
+those hosts only. `cell` reads the sources when the cell starts and pushes the values to the
+firewall daemon's memory (never to a disk, a command line or a log).
+
+  cell secrets           the table
+  cell secrets reload    read every source again and push the values (after you rotate a key,
+                         or when one could not be read at start)
+  cell secrets --json    the firewall's answer as JSON
+
+See docs/secrets.md.")]
+    Secrets {
+        #[command(subcommand)]
+        action: Option<SecretsAction>,
+        /// Print the firewall's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the agent VM's SSH public key (add it to a git host as a deploy key).
     Pubkey,
     /// Show the instance's VMs and how to reach them.
@@ -280,20 +308,46 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Some(Command::Provision { up: args }) => up(&name, &args, Then::Reprovision),
         Some(Command::Shell) => {
             let (l, meta) = existing(&name)?;
-            Err(ssh_for(&l, &meta)?.agent(true, None).exec().into())
+            Err(agent_ssh(&l, &meta)?.agent(true, None).exec().into())
         }
         Some(Command::Run { cmd }) => {
             let (l, meta) = existing(&name)?;
             let line = cmd.iter().map(|w| shq(w)).collect::<Vec<_>>().join(" ");
             let tty = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
-            Err(ssh_for(&l, &meta)?.agent(tty, Some(&line)).exec().into())
+            Err(agent_ssh(&l, &meta)?.agent(tty, Some(&line)).exec().into())
         }
         Some(Command::Agent { harness, args }) => {
             let (l, meta) = existing(&name)?;
-            Err(ssh_for(&l, &meta)?
+            Err(agent_ssh(&l, &meta)?
                 .agent(true, Some(&harness_command(harness, &args)))
                 .exec()
                 .into())
+        }
+        Some(Command::Secrets { action, json }) => {
+            let (l, meta) = existing(&name)?;
+            let ssh = ssh_for(&l, &meta)?;
+            let channel = secrets::Channel::Vm(&ssh);
+            if let Some(SecretsAction::Reload) = action {
+                let doc = secrets_document(&meta)?;
+                if doc.secrets.is_empty() {
+                    eprintln!(
+                        "cell: this cell declares no secrets (cell.secrets; docs/secrets.md)"
+                    );
+                    return Ok(0);
+                }
+                let pushed = secrets::push(&doc, None, &channel)?;
+                secrets::report(&doc, &pushed, "cell");
+                if !pushed.failed.is_empty() {
+                    return Ok(1);
+                }
+            }
+            let status = channel.status()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", secrets::render(&status, std::time::SystemTime::now()));
+            }
+            Ok(0)
         }
         Some(Command::Allow {
             kind,
@@ -425,6 +479,25 @@ fn ssh_for(l: &Layout, meta: &Meta) -> anyhow::Result<Ssh> {
     }
     let route = instance::backend(meta)?.ssh_route(&l.dir, meta.ssh_port);
     Ok(Ssh::new(l, route))
+}
+
+/// The secrets document of the VM set the instance runs.
+fn secrets_document(meta: &Meta) -> anyhow::Result<cell_policy::secrets::SecretsDocument> {
+    let dir = Path::new(&meta.firewall_spec)
+        .parent()
+        .context("the instance has not been built yet; run `cell`")?;
+    secrets::document_in(dir)
+}
+
+/// SSH for a session in the agent, after making sure the firewall holds
+/// every secret it can (it forgets them when it restarts).
+fn agent_ssh(l: &Layout, meta: &Meta) -> anyhow::Result<Ssh> {
+    let ssh = ssh_for(l, meta)?;
+    match secrets_document(meta) {
+        Ok(doc) => secrets::ensure_loaded(&doc, &secrets::Channel::Vm(&ssh), "cell"),
+        Err(e) => eprintln!("cell: the secrets document: {e:#}"),
+    }
+    Ok(ssh)
 }
 
 fn harness_command(h: Option<Harness>, args: &[String]) -> String {
@@ -628,6 +701,23 @@ fn up(name: &str, args: &UpArgs, then: Then) -> anyhow::Result<u8> {
     // The overlay outlives the VMs: put it back in force after a boot.
     if l.overlay().exists() && matches!(booted, instance::Booted::Started) {
         push_overlay(&l, &meta, &read_overlay(&l)?)?;
+    }
+    // The secrets live in the firewall daemon's memory only: after a boot it
+    // holds none. A source that cannot be read is said, and the cell starts
+    // without that secret.
+    let doc = secrets::document_in(&spec_dir)?;
+    if !doc.secrets.is_empty() {
+        let channel = secrets::Channel::Vm(&ssh);
+        if matches!(booted, instance::Booted::Started) {
+            match secrets::push(&doc, None, &channel) {
+                Ok(p) => secrets::report(&doc, &p, "cell"),
+                Err(e) => eprintln!(
+                    "cell: pushing the secrets to the firewall failed: {e:#}\ncell: `cell secrets reload` tries again"
+                ),
+            }
+        } else {
+            secrets::ensure_loaded(&doc, &channel, "cell");
+        }
     }
     drop(lock);
     match then {

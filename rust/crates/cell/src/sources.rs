@@ -23,9 +23,6 @@
 //!   in an HTTP header); an `aws` value is the `credential_process` JSON, may
 //!   span lines, and must hold `AccessKeyId` and `SecretAccessKey` strings.
 
-// Called by the secrets push to the firewall, which is not built yet.
-#![allow(dead_code)]
-
 use std::borrow::Cow;
 use std::fmt;
 use std::io::{self, Read};
@@ -63,10 +60,12 @@ impl Value {
         &self.0
     }
 
+    #[allow(dead_code)] // the tests' (tests/sources.rs)
     pub fn len(&self) -> usize {
         self.0.len()
     }
 
+    #[allow(dead_code)] // the tests'
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -214,6 +213,7 @@ pub enum Problem {
     #[error(
         "cell has no keychain support on this OS; use source.command, source.env or source.file"
     )]
+    #[allow(dead_code)] // built where neither keychain store exists
     KeychainUnsupported,
 }
 
@@ -276,6 +276,7 @@ pub fn read_with_timeout(decl: &SecretDecl, timeout: Duration) -> Result<Value, 
 
 /// Reads every secret of `doc`, in order; one that fails does not stop the
 /// others, so every problem can be shown at once.
+#[allow(dead_code)] // the tests'; the CLI reads secret by secret (secrets::push)
 pub fn read_all(doc: &SecretsDocument) -> Vec<(String, Result<Value, SourceError>)> {
     doc.secrets
         .iter()
@@ -284,7 +285,7 @@ pub fn read_all(doc: &SecretsDocument) -> Vec<(String, Result<Value, SourceError
 }
 
 /// The source as the secrets document writes it, for error messages.
-fn describe(source: &Source) -> String {
+pub fn describe(source: &Source) -> String {
     match source {
         Source::Keychain(s) => format!("source.keychain `{s}`"),
         Source::Command(argv) => {

@@ -32,7 +32,20 @@ fn bins() -> Option<(PathBuf, PathBuf)> {
 /// Runs `cell jail` (the lab firewall namespace as its host); checks that
 /// this jail (named after its pid: `ip netns exec` execs it) left nothing behind.
 fn jail(lab: &Lab, cell: &PathBuf, proxy: &PathBuf, flags: &[&str], cmd: &[&str]) -> Output {
+    jail_env(lab, cell, proxy, &[], flags, cmd)
+}
+
+/// [`jail`] with variables in cell's own environment.
+fn jail_env(
+    lab: &Lab,
+    cell: &PathBuf,
+    proxy: &PathBuf,
+    env: &[(&str, &str)],
+    flags: &[&str],
+    cmd: &[&str],
+) -> Output {
     let mut c = lab.firewall.command(cell);
+    c.envs(env.iter().copied());
     c.arg("jail").arg("--proxy").arg(proxy);
     c.args(["--dns-upstream", "192.0.2.53"])
         .arg("--upstream-ca")
@@ -157,6 +170,154 @@ fn jail_runs_commands_behind_the_firewall() {
         vec!["GET /echo api.example.test HTTP/2.0".to_string()],
         "only the allowed request arrived"
     );
+}
+
+/// `--secret` and `--secret-cmd`: the command holds the placeholder only; the
+/// value reaches the scoped host, in the header the command put the
+/// placeholder in; the placeholder to another allowed host is refused before
+/// anything is sent; the value never shows in the command's output, the
+/// event log or any command line. A source that cannot be read stops the
+/// jail before it starts, naming the secret and the fix.
+#[test]
+fn jail_secrets_reach_their_host_only_and_the_command_holds_the_placeholder() {
+    if skip_unless_available() {
+        return;
+    }
+    let Some((cell, proxy)) = bins() else { return };
+    let mut lab = Lab::new().unwrap();
+    let records: Vec<(&str, Ipv4Addr)> =
+        vec![("api.example.test", WEB_V4), ("other.example.test", WEB_V4)];
+    lab.start_resolver(&records).unwrap();
+    let web = lab
+        .https_server(&[
+            ("api.example.test", CertKind::Valid),
+            ("other.example.test", CertKind::Valid),
+        ])
+        .unwrap();
+    let env_value = "jail-env-secret-4d1c9e7b";
+    let cmd_value = "jail-cmd-secret-a81f02c6";
+    let script = r#"
+        echo "env=$JAIL_KEY cmd=$CMD_KEY"
+        curl -sS --max-time 10 -o /dev/null -w 'scoped=%{http_code}\n' -H "authorization: Bearer $JAIL_KEY" -H "x-api-key: $CMD_KEY" https://api.example.test/record
+        curl -sS --max-time 10 -o /dev/null -w 'other=%{http_code}\n' -H "x-api-key: $JAIL_KEY" https://other.example.test/record
+        ps -eo args
+    "#;
+    // The command prints the value without holding it in its arguments (as
+    // `gh auth token` or `pass show` would), so no command line shows it.
+    let store = tempfile::tempdir().unwrap();
+    std::fs::write(store.path().join("value"), cmd_value).unwrap();
+    let cmd_flag = format!(
+        "CMD_KEY@api.example.test=cat {}",
+        store.path().join("value").display()
+    );
+    let out = jail_env(
+        &lab,
+        &cell,
+        &proxy,
+        &[("JAIL_KEY", env_value)],
+        &[
+            "--keep",
+            "--allow",
+            "other.example.test",
+            "--secret",
+            "JAIL_KEY@api.example.test",
+            "--secret-cmd",
+            &cmd_flag,
+        ],
+        &["sh", "-c", script],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("env=cell-placeholder-jail_key cmd=cell-placeholder-cmd_key"),
+        "the command holds placeholders: {stdout}"
+    );
+    assert!(stdout.contains("scoped=200"), "{stdout}\n{stderr}");
+    assert!(stdout.contains("other=403"), "{stdout}\n{stderr}");
+
+    // What the fake internet received: the values, at the scoped host only.
+    let got = web.recorded();
+    assert_eq!(
+        got.len(),
+        1,
+        "one request arrived: {:?}",
+        got.iter().map(|r| &r.host).collect::<Vec<_>>()
+    );
+    assert_eq!(got[0].host, "api.example.test");
+    assert_eq!(
+        got[0].header("authorization"),
+        Some(format!("Bearer {env_value}").as_bytes())
+    );
+    assert_eq!(got[0].header("x-api-key"), Some(cmd_value.as_bytes()));
+    for r in &got {
+        assert!(
+            !String::from_utf8_lossy(&r.all_bytes()).contains("cell-placeholder-"),
+            "no placeholder went upstream"
+        );
+    }
+
+    // Nowhere else: the command's output (ps included), cell's own output,
+    // and every file of the kept run directory (events, proxy log, secrets.json).
+    for v in [env_value, cmd_value] {
+        assert!(!stdout.contains(v) && !stderr.contains(v), "{v} printed");
+    }
+    let kept = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("cell jail: kept "))
+        .expect("--keep says where");
+    let run = PathBuf::from(kept.trim());
+    let mut files = 0;
+    let mut stack = vec![run.clone()];
+    let mut events = String::new();
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                files += 1;
+                let text = String::from_utf8_lossy(&bytes);
+                for v in [env_value, cmd_value] {
+                    assert!(!text.contains(v), "{v} in {}", p.display());
+                }
+                if p.ends_with("events.jsonl") {
+                    events = text.into_owned();
+                }
+            }
+        }
+    }
+    assert!(files >= 3, "the run directory was read ({files} files)");
+    assert!(
+        events
+            .lines()
+            .any(|l| l.contains(r#""reason":"secret-scope""#)
+                && l.contains("jail_key")
+                && l.contains("other.example.test")),
+        "the refusal is an event naming the secret: {events}"
+    );
+    std::fs::remove_dir_all(&run).unwrap();
+
+    // A source that cannot be read: nothing starts, the fix is named.
+    let missing = jail_env(
+        &lab,
+        &cell,
+        &proxy,
+        &[],
+        &["--secret", "CELL_TEST_UNSET_KEY@api.example.test"],
+        &["true"],
+    );
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(missing.status.code(), Some(125), "{err}");
+    assert!(
+        err.contains("CELL_TEST_UNSET_KEY") && err.contains("export CELL_TEST_UNSET_KEY="),
+        "{err}"
+    );
+    for bad in ["NOHOST", "1BAD@api.example.test", "K@"] {
+        let o = jail(&lab, &cell, &proxy, &["--secret", bad], &["true"]);
+        assert_eq!(o.status.code(), Some(125), "--secret {bad}");
+    }
+    assert_eq!(web.recorded().len(), 1, "nothing more arrived");
 }
 
 /// Ctrl-C (SIGINT to the foreground process group, as a terminal sends it) and

@@ -601,6 +601,12 @@ mod host_sources {
                 .filter(|b| !on_path(b))
                 .collect();
             if !missing.is_empty() {
+                if std::env::var_os("CI").is_some() {
+                    panic!(
+                        "{} needed in CI (scripts/dev deps installs dbus-daemon gnome-keyring libsecret-tools)",
+                        missing.join(", ")
+                    );
+                }
                 println!(
                     "SKIPPED: {} not on PATH (Debian: dbus-daemon gnome-keyring libsecret-tools)",
                     missing.join(", ")

@@ -84,7 +84,10 @@ fn find_proxy(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 }
 
 /// The base policy (user's, with --dns-upstream applied) and the overlay from the flags.
-fn documents(args: &Args) -> anyhow::Result<(Value, Value)> {
+fn documents(
+    args: &Args,
+    secrets: &cell_policy::secrets::SecretsDocument,
+) -> anyhow::Result<(Value, Value)> {
     let mut base: Value = match &args.policy {
         Some(p) => serde_json::from_str(
             &fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
@@ -101,7 +104,13 @@ fn documents(args: &Args) -> anyhow::Result<(Value, Value)> {
             .context("`dns` must be an object")?
             .insert("upstream".into(), json!(args.dns_upstream));
     }
-    let https: Vec<Value> = args.allow.iter().map(|h| json!({ "host": h })).collect();
+    // A secret's hosts are allowed: its value could not go anywhere otherwise.
+    let mut hosts: Vec<&String> = args.allow.iter().collect();
+    for d in &secrets.secrets {
+        hosts.extend(d.hosts.iter().filter(|h| !args.allow.contains(h)));
+    }
+    hosts.dedup();
+    let https: Vec<Value> = hosts.iter().map(|h| json!({ "host": h })).collect();
     let mut tcp = Vec::new();
     for spec in &args.allow_tcp {
         let (host, port) = spec
@@ -111,6 +120,74 @@ fn documents(args: &Args) -> anyhow::Result<(Value, Value)> {
         tcp.push(json!({ "host": host, "ports": [port] }));
     }
     Ok((base, json!({ "https": https, "tcp": tcp })))
+}
+
+/// The secrets of `--secret ENV@HOSTS` and `--secret-cmd ENV@HOSTS=COMMAND`:
+/// each named after its variable (lowercase), scoped to its hosts, header
+/// only, read from cell's environment or from the command.
+fn secret_specs(args: &Args) -> anyhow::Result<cell_policy::secrets::SecretsDocument> {
+    use cell_policy::secrets::{Kind, Location, SecretDecl, SecretsDocument, Source};
+    let mut doc = SecretsDocument {
+        version: 1,
+        secrets: Vec::new(),
+    };
+    let specs = args.secret.iter().map(|s| (s, "--secret", None)).chain(
+        args.secret_cmd
+            .iter()
+            .map(|s| (s, "--secret-cmd", Some(()))),
+    );
+    for (spec, flag, is_cmd) in specs {
+        let (head, command) = match is_cmd {
+            None => (spec.as_str(), None),
+            Some(()) => match spec.split_once('=') {
+                Some((h, c)) if !c.trim().is_empty() => (h, Some(c)),
+                _ => bail!(
+                    "{flag} {spec}: write ENV@HOST=COMMAND, e.g. --secret-cmd 'GH_TOKEN@api.github.com=gh auth token'"
+                ),
+            },
+        };
+        let Some((env, hosts)) = head.split_once('@') else {
+            bail!(
+                "{flag} {spec}: write ENV@HOST[,HOST…], e.g. {flag} ANTHROPIC_API_KEY@api.anthropic.com{}",
+                if command.is_some() { "=COMMAND" } else { "" }
+            );
+        };
+        let valid_env = !env.is_empty()
+            && env.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+            && env.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !valid_env {
+            bail!(
+                "{flag} {spec}: `{env}` is not an environment variable name (letters, digits, _; a letter first)"
+            );
+        }
+        let hosts: Vec<String> = hosts
+            .split(',')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(str::to_string)
+            .collect();
+        if hosts.is_empty() {
+            bail!("{flag} {spec}: name the host(s) the value may go to after the @");
+        }
+        let name = env.to_ascii_lowercase();
+        if doc.secrets.iter().any(|d| d.name == name) {
+            bail!("{flag} {spec}: {env} is given twice; one secret per variable");
+        }
+        doc.secrets.push(SecretDecl {
+            placeholder: cell_policy::secrets::placeholder(&name),
+            name,
+            env: Some(env.to_string()),
+            hosts,
+            kind: Kind::Token,
+            locations: vec![Location::Header],
+            access_key_id_placeholder: None,
+            source: match command {
+                None => Source::Env(env.to_string()),
+                Some(c) => Source::Command(vec!["sh".into(), "-c".into(), c.to_string()]),
+            },
+        });
+    }
+    Ok(doc)
 }
 
 fn write(path: &Path, text: &str) -> anyhow::Result<()> {
@@ -140,8 +217,24 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         keep: args.keep,
     };
 
+    // Secrets: every value read before anything is set up, so a missing one
+    // fails the run at once (in the VM a cell starts without it; a jail is
+    // one command, better not started than started without its key).
+    let secrets_doc = secret_specs(&args)?;
+    let mut failed = Vec::new();
+    let mut values = Vec::new();
+    for decl in &secrets_doc.secrets {
+        match crate::sources::read(decl) {
+            Ok(v) => values.push((decl.name.as_str(), v)),
+            Err(e) => failed.push(format!("{e}")),
+        }
+    }
+    if !failed.is_empty() {
+        bail!("{}", failed.join("\n"));
+    }
+
     // Policy: validated before anything touches the network.
-    let (base, overlay) = documents(&args)?;
+    let (base, overlay) = documents(&args, &secrets_doc)?;
     let policy_path = dir.path.join("policy.json");
     let overlay_path = dir.path.join("overlay.json");
     write(&policy_path, &serde_json::to_string_pretty(&base)?)?;
@@ -233,7 +326,13 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         .arg(&events)
         .arg("--state-dir")
         .arg(dir.path.join("state"));
-    cmd.arg("--control").arg(dir.path.join("control.sock"));
+    let control = dir.path.join("control.sock");
+    cmd.arg("--control").arg(&control);
+    if !secrets_doc.secrets.is_empty() {
+        let path = dir.path.join("secrets.json");
+        write(&path, &serde_json::to_string_pretty(&secrets_doc)?)?;
+        cmd.arg("--secrets").arg(&path);
+    }
     for ca in &args.upstream_ca {
         cmd.arg("--upstream-ca").arg(ca);
     }
@@ -246,6 +345,20 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     );
     if let Err(code) = wait_ready(&events, &dir.path.join("proxy.log"), &proxy, &signals)? {
         return Ok(code);
+    }
+
+    // The values: to the daemon's memory over its control socket, never a file.
+    if !secrets_doc.secrets.is_empty() {
+        let pushed = crate::secrets::load(&values, &crate::secrets::Channel::Socket(&control))?;
+        drop(values);
+        if !pushed.failed.is_empty() {
+            let why: Vec<String> = pushed
+                .failed
+                .iter()
+                .map(|(n, w)| format!("secret `{n}`: {w}"))
+                .collect();
+            bail!("{}", why.join("\n"));
+        }
     }
 
     // Trust: the system roots plus this run's CA.
@@ -281,6 +394,11 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     child
         .env("NODE_EXTRA_CA_CERTS", &cell_ca)
         .env("CELL_JAIL", "1");
+    for d in &secrets_doc.secrets {
+        if let Some(env) = &d.env {
+            child.env(env, &d.placeholder);
+        }
+    }
     if let Err(code) = signals.check() {
         return Ok(code);
     }

@@ -34,13 +34,23 @@ Examples:
   cell jail --policy policy.json --allow pypi.org -- pip install requests
   cell jail --allow-tcp github.com:22 -- git clone git@github.com:org/repo.git
 
+  ANTHROPIC_API_KEY=sk-... cell jail --secret ANTHROPIC_API_KEY@api.anthropic.com -- claude
+  cell jail --secret-cmd 'GH_TOKEN@api.github.com=gh auth token' -- gh pr list
+
 The command sees only the firewall: DNS answers for allowed names, HTTPS to them
 (intercepted with a per-run CA that is offered through SSL_CERT_FILE, NIX_SSL_CERT_FILE,
 NODE_EXTRA_CA_CERTS, REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE and GIT_SSL_CAINFO), and
 the TCP ports you allowed. Anything else fails at once with a reason.
 Exit status: the command's; 125 when the jail itself could not be set up.
 Linux only; needs root (network namespaces, nftables). Isolation is a shared kernel:
-for an agent that may try to escape, and on macOS, use the VM (`cell`).";
+for an agent that may try to escape, and on macOS, use the VM (`cell`).
+
+Secrets: with --secret ENV@HOST the command's ENV holds `cell-placeholder-<env>` (lowercase),
+never the value; cell-proxy puts the value in its place in request headers to HOST only, which
+is allowed for you. The value sent anywhere else, or echoed back by HOST, is blocked or replaced
+(docs/secrets.md). In the jail the command runs as your user on your kernel: a command that is
+root there can read cell's memory and environment, which hold the value. Against an agent that
+might try, use the VM, where the value never enters the agent's machine.";
 
 #[derive(clap::Args)]
 #[command(after_help = AFTER_HELP)]
@@ -69,6 +79,16 @@ pub struct Args {
     /// The cell-proxy binary (default: next to this one, then $PATH).
     #[arg(long, value_name = "PATH")]
     proxy: Option<PathBuf>,
+
+    /// A secret from cell's environment variable ENV, for HOST(s) only: the command gets the
+    /// placeholder in ENV; the firewall swaps in the value (headers). Repeatable.
+    #[arg(long = "secret", value_name = "ENV@HOST[,HOST…]")]
+    secret: Vec<String>,
+
+    /// A secret read from COMMAND's standard output (run with `sh -c`, before the jail starts),
+    /// for HOST(s) only; the command gets the placeholder in ENV. Repeatable.
+    #[arg(long = "secret-cmd", value_name = "ENV@HOST[,HOST…]=COMMAND")]
+    secret_cmd: Vec<String>,
 
     /// Keep the run directory (event log, CA, proxy log) and print where it is.
     #[arg(long)]
