@@ -12,6 +12,12 @@
 //!   never hears from the agent; nor does anything else answer the agent;
 //! - the host reaches the firewall's port 22 through the forwarded loopback
 //!   port (the control path `cell` uses for SSH);
+//! - secrets: a source that cannot be read at start is reported with its
+//!   fix and the cell starts anyway; before a session `cell` pushes the
+//!   values the firewall lacks, over SSH on the loader's stdin (stand-in
+//!   scripts here: the real loader is cell-proxy's, tested on its own);
+//!   `cell secrets` and `cell secrets reload` report it, and no file of the
+//!   instance holds the value;
 //! - `cell status` sees both VMs; a killed VM is reported and `cell start`
 //!   repairs it (stale socket and all); `cell stop` and `cell destroy` leave
 //!   no process, socket or file behind.
@@ -163,6 +169,14 @@ fn prepare(work: &Path, hostport: u16) -> PathBuf {
         r#"{"https":[{"host":"api.anthropic.com","methods":["POST"]}],"tcp":[{"host":"github.com","ports":[22]}]}"#,
     )
     .unwrap();
+    // The secrets document: one secret from cell's environment.
+    std::fs::write(
+        specs.join("secrets.json"),
+        format!(
+            r#"{{"version":1,"secrets":[{{"name":"boot","env":"BOOT_KEY","placeholder":"cell-placeholder-boot","hosts":["api.anthropic.com"],"source":{{"env":"{SECRET_VAR}"}}}}]}}"#
+        ),
+    )
+    .unwrap();
     for (role, script) in [("firewall", FIREWALL_SCRIPT), ("agent", AGENT_SCRIPT)] {
         let dir = work.join(format!("test-{role}"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -183,6 +197,21 @@ fn prepare(work: &Path, hostport: u16) -> PathBuf {
         write_spec(&specs, role, &initrd, &assets.join("vmlinuz"), hostport);
     }
     specs
+}
+
+/// The variable the boot test's secret is read from, and its value.
+const SECRET_VAR: &str = "CELL_BOOT_TEST_KEY";
+const SECRET_VALUE: &str = "boot-secret-value-5e0c1d";
+
+/// `cell ARGS` with the secret's variable set.
+fn cell_with_secret(state: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cell"))
+        .args(args)
+        .env("CELL_STATE_DIR", state)
+        .env_remove("CELL_INSTANCE")
+        .env(SECRET_VAR, SECRET_VALUE)
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -314,6 +343,80 @@ fn two_tiny_vms_wired_by_the_qemu_backend() {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.read_exact(&mut banner).unwrap();
     assert_eq!(&banner, b"SSH-2.0-");
+
+    // Secrets. The source could not be read at start (the variable is not
+    // set): the cell started anyway, said why and how to fix it, and the
+    // firewall holds nothing.
+    assert!(
+        first.contains("secret `boot` (source.env `CELL_BOOT_TEST_KEY`) is not loaded")
+            && first.contains("export CELL_BOOT_TEST_KEY="),
+        "{first}"
+    );
+    let table = ok(&cell(&state, &["secrets", "-i", i]));
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("boot") && l.contains(" NO ")),
+        "{table}"
+    );
+    assert!(!fw_console.contains("FW-SECRETS"), "nothing was pushed");
+    // Before a session, cell pushes what the firewall lacks: over SSH, on the
+    // loader's stdin, exactly the values document.
+    let pushed = ok(&cell_with_secret(&state, &["run", "-i", i, "--", "true"]));
+    assert!(
+        pushed.contains("secrets loaded into the firewall: boot"),
+        "{pushed}"
+    );
+    let fw_console = wait_for(
+        &dir.join("firewall.console"),
+        "FW-SECRETS",
+        Duration::from_secs(20),
+    );
+    let expected = {
+        let mut c = Command::new("sha256sum")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{{\"boot\":\"{SECRET_VALUE}\"}}\n").as_bytes())
+            .unwrap();
+        String::from_utf8(c.wait_with_output().unwrap().stdout).unwrap()[..64].to_string()
+    };
+    assert!(
+        fw_console.contains(&format!("FW-SECRETS {expected}")),
+        "the firewall got the values document: {fw_console}"
+    );
+    let table = ok(&cell(&state, &["secrets", "-i", i]));
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("boot") && l.contains(" yes ")),
+        "{table}"
+    );
+    // Loaded: the next session does not push again.
+    let again = ok(&cell_with_secret(&state, &["run", "-i", i, "--", "true"]));
+    assert!(!again.contains("secrets loaded"), "{again}");
+    // A reload whose source fails says so and exits non-zero.
+    let reload = cell(&state, &["secrets", "reload", "-i", i]);
+    assert_eq!(reload.status.code(), Some(1), "{}", text_of(&reload));
+    assert!(
+        text_of(&reload).contains("export CELL_BOOT_TEST_KEY="),
+        "{}",
+        text_of(&reload)
+    );
+    // The value is in no file of the instance (consoles, logs, metadata).
+    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+        if let Ok(bytes) = std::fs::read(e.path()) {
+            assert!(
+                !String::from_utf8_lossy(&bytes).contains(SECRET_VALUE),
+                "the value is in {}",
+                e.path().display()
+            );
+        }
+    }
 
     // Commands run in the agent, through the firewall; the exit status is kept.
     let out = ok(&cell(

@@ -1,6 +1,6 @@
 # The tiny firewall VM of the boot test and the demo (runs as /test/init.sh after
-# ssh-setup.sh): link + uplink, sshd, a service on the link, a stand-in
-# cell-overlay-install, sample cell-proxy events. It has no nftables: it stands
+# ssh-setup.sh): link + uplink, sshd, a service on the link, stand-ins for
+# cell-overlay-install and the secrets scripts, sample cell-proxy events. It has no nftables: it stands
 # in for the real image only as far as the launcher wiring goes.
 set -u
 HOSTPORT=$(sed -n 's/.*cell.test_hostport=\([0-9]*\).*/\1/p' /proc/cmdline)
@@ -30,6 +30,22 @@ echo "FW-OVERLAY $(cat /var/lib/cell-proxy/overlay.json)" > /dev/console
 echo '{"ok":true,"event":{"decision":"applied"}}'
 INSTALL
 chmod 755 /usr/bin/cell-overlay-install
+# What cell runs over SSH to push secret values (the real image hands stdin
+# to cell-proxy --load-secrets -, tested on its own) and to ask which are
+# loaded: stand-ins that keep what arrived in RAM and say its digest, never
+# the value, on the console.
+cat > /usr/bin/cell-secrets-load <<'LOAD'
+#!/bin/sh
+cat > /tmp/cell-secrets.got
+echo "FW-SECRETS $(sha256sum < /tmp/cell-secrets.got | cut -d' ' -f1)" > /dev/console
+echo '{"ok":true,"loaded":["boot"],"refused":[]}'
+LOAD
+cat > /usr/bin/cell-secrets-status <<'STATUS'
+#!/bin/sh
+if [ -s /tmp/cell-secrets.got ]; then l=true; else l=false; fi
+echo '{"ok":true,"secrets":[{"name":"boot","placeholder":"cell-placeholder-boot","kind":"token","hosts":["api.anthropic.com"],"locations":["header"],"source":"env","loaded":'$l',"uses":0}]}'
+STATUS
+chmod 755 /usr/bin/cell-secrets-load /usr/bin/cell-secrets-status
 # An event line in cell-proxy's format, for `cell blocked` to fetch.
 echo '{"event":"dns","client":"10.89.0.2:41000","name":"evil.example","type":"A","decision":"deny","rcode":"NXDomain","reason":"no-rule","time":"2026-11-24T10:00:01.000Z"}' > /var/log/cell-proxy/events.jsonl
 # …and a denial every second from now on, for `cell blocked --follow`.
