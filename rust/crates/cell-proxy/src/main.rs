@@ -298,17 +298,35 @@ fn load_secrets(cli: &Cli, from: &std::path::Path) -> anyhow::Result<()> {
             std::fs::read(from).with_context(|| format!("reading {}", from.display()))?,
         );
     }
-    let values: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&text)
-        .map_err(|e| {
+    // Each value straight into a zeroized string; the request line into a
+    // zeroized buffer sized so it never reallocates (a reallocation would
+    // leave a copy behind). Errors give a position, never the text.
+    let values: std::collections::BTreeMap<String, Option<Zeroizing<String>>> =
+        serde_json::from_slice(&text).map_err(|e| {
             anyhow::anyhow!(
-                "the values are not a JSON object of names to strings (line {}, column {})",
+                "the values are not a JSON object of names to strings or null (line {}, column {})",
                 e.line(),
                 e.column()
             )
         })?;
-    let line = Zeroizing::new(serde_json::to_vec(
-        &serde_json::json!({"op": "secrets-load", "values": values}),
-    )?);
+    #[derive(serde::Serialize)]
+    struct Load<'a> {
+        op: &'static str,
+        values: &'a std::collections::BTreeMap<String, Option<Zeroizing<String>>>,
+    }
+    let room = 64
+        + values
+            .iter()
+            .map(|(n, v)| 8 + 6 * n.len() + 6 * v.as_ref().map_or(4, |v| v.len()))
+            .sum::<usize>();
+    let mut line = Zeroizing::new(Vec::with_capacity(room));
+    serde_json::to_writer(
+        &mut *line,
+        &Load {
+            op: "secrets-load",
+            values: &values,
+        },
+    )?;
     drop(values);
     let reply = ask(control, &line)?;
     println!("{reply}");
