@@ -31,10 +31,15 @@
     deny = [ "gist.github.com" ];
   };
 
-  # The provider key: read on your machine when the cell starts (here from
-  # the macOS Keychain; `source.env` or `source.command` work too) and kept
-  # in the firewall's memory. The agent VM only ever sees a placeholder in
-  # ANTHROPIC_API_KEY; the firewall swaps it in for api.anthropic.com only.
+  # The provider key: read on your machine when the cell starts, from your
+  # OS keychain (store it once with
+  #   security add-generic-password -s anthropic-api-key -a cell -w        (macOS)
+  #   secret-tool store --label='cell anthropic-api-key' service anthropic-api-key username cell  (Linux)
+  # or use source.env / source.command / source.file instead), and pushed
+  # into the firewall daemon's memory only. The agent VM only ever sees the
+  # placeholder `cell-placeholder-anthropic` in ANTHROPIC_API_KEY; the
+  # firewall swaps in the value in request headers to api.anthropic.com, and
+  # nowhere else. `cell secrets` shows whether it is loaded.
   cell.secrets.anthropic = {
     env = "ANTHROPIC_API_KEY";
     hosts = [ "api.anthropic.com" ];
