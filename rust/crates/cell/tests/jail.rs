@@ -201,6 +201,7 @@ fn jail_secrets_reach_their_host_only_and_the_command_holds_the_placeholder() {
         curl -sS --max-time 10 -o /dev/null -w 'scoped=%{http_code}\n' -H "authorization: Bearer $JAIL_KEY" -H "x-api-key: $CMD_KEY" https://api.example.test/record
         curl -sS --max-time 10 -o /dev/null -w 'other=%{http_code}\n' -H "x-api-key: $JAIL_KEY" https://other.example.test/record
         ps -eo args
+        for p in $(pgrep -x cell-proxy); do echo "proxy-env:"; tr '\0' '\n' < /proc/$p/environ; done
     "#;
     // The command prints the value without holding it in its arguments (as
     // `gh auth token` or `pass show` would), so no command line shows it.
@@ -235,6 +236,10 @@ fn jail_secrets_reach_their_host_only_and_the_command_holds_the_placeholder() {
     );
     assert!(stdout.contains("scoped=200"), "{stdout}\n{stderr}");
     assert!(stdout.contains("other=403"), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("proxy-env:"),
+        "the daemon's environment was read: {stdout}"
+    );
 
     // What the fake internet received: the values, at the scoped host only.
     let got = web.recorded();

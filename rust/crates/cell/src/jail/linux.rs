@@ -336,6 +336,13 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     for ca in &args.upstream_ca {
         cmd.arg("--upstream-ca").arg(ca);
     }
+    // The daemon gets the values over its socket; its environment (readable
+    // in /proc) holds none of them.
+    for d in &secrets_doc.secrets {
+        if let cell_policy::secrets::Source::Env(var) = &d.source {
+            cmd.env_remove(var);
+        }
+    }
     let log = fs::File::create(dir.path.join("proxy.log"))?;
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
     let proxy = ProxyProcess(
