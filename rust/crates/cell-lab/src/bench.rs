@@ -54,7 +54,14 @@ struct Target {
     label: &'static str,
     addr: SocketAddr,
     ca_pem: String,
+    /// A header every request carries (the secret's placeholder).
+    header: Option<(&'static str, &'static str)>,
 }
+
+/// The secret of the injection phase: what the agent sends, and the value
+/// the proxy puts in its place (never the agent's).
+const PLACEHOLDER: &str = "cell-placeholder-bench";
+const SECRET_VALUE: &str = "sk-bench-3f9a1c7e5b2d4086a1e9c3b7d5f20486";
 
 type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
@@ -91,12 +98,14 @@ async fn http1(stream: Tls) -> anyhow::Result<Sender> {
     Ok(send)
 }
 
-/// One GET; returns the body length.
-async fn get(send: &mut Sender, path: &str) -> anyhow::Result<u64> {
+/// One GET (with `t`'s header, if any); returns the body length.
+async fn get(send: &mut Sender, path: &str, t: &Target) -> anyhow::Result<u64> {
     send.ready().await?;
-    let req = http::Request::get(path)
-        .header("host", NAME)
-        .body(Empty::new())?;
+    let mut req = http::Request::get(path).header("host", NAME);
+    if let Some((name, value)) = t.header {
+        req = req.header(name, value);
+    }
+    let req = req.body(Empty::new())?;
     let resp = send.send_request(req).await?;
     if !resp.status().is_success() {
         // The proxy says why in the body (and X-Cell-Deny-Reason): keep it.
@@ -155,10 +164,10 @@ async fn measure(
     let deadline = start + plan.phase;
     let mut tasks = Vec::new();
     for mut send in senders {
-        let done = done.clone();
+        let (done, t) = (done.clone(), t.clone());
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
-                if get(&mut send, "/echo").await.is_err() {
+                if get(&mut send, "/echo", &t).await.is_err() {
                     break;
                 }
                 done.fetch_add(1, Ordering::Relaxed);
@@ -183,7 +192,7 @@ async fn measure(
                 let Ok(mut send) = http1(stream).await else {
                     break;
                 };
-                if get(&mut send, "/echo").await.is_err() {
+                if get(&mut send, "/echo", &t).await.is_err() {
                     break;
                 }
                 done.fetch_add(1, Ordering::Relaxed);
@@ -198,7 +207,7 @@ async fn measure(
     eprintln!("  {}: bulk download", t.label);
     let mut send = http1(tls(t, &c).await?).await?;
     let start = Instant::now();
-    let bytes = get(&mut send, &format!("/big?mb={}", plan.bulk_mb)).await?;
+    let bytes = get(&mut send, &format!("/big?mb={}", plan.bulk_mb), t).await?;
     let mbps = bytes as f64 / 1e6 / start.elapsed().as_secs_f64();
 
     eprintln!("  {}: latency at {} requests/s", t.label, plan.rate_per_sec);
@@ -210,7 +219,7 @@ async fn measure(
         senders.push(http1(tls(t, &c).await?).await?);
     }
     for mut send in senders {
-        let phase = plan.phase;
+        let (phase, t) = (plan.phase, t.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_conn));
@@ -219,7 +228,7 @@ async fn measure(
             while Instant::now() < end {
                 tick.tick().await;
                 let s = Instant::now();
-                if get(&mut send, "/echo").await.is_err() {
+                if get(&mut send, "/echo", &t).await.is_err() {
                     break;
                 }
                 lat.push(s.elapsed());
@@ -238,7 +247,7 @@ async fn measure(
     let mut idle = Vec::new();
     for _ in 0..plan.idle_conns {
         let mut send = http1(tls(t, &c).await?).await?;
-        get(&mut send, "/echo").await?;
+        get(&mut send, "/echo", t).await?;
         idle.push(send);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -329,6 +338,7 @@ pub fn run(proxy_bin: &Path, mitmdump: Option<&Path>, plan: &Plan) -> anyhow::Re
         label: "direct",
         addr: direct_addr,
         ca_pem: lab.internet_ca.pem.clone(),
+        header: None,
     };
     results.push(measure_in_agent(&lab, direct, plan, None)?);
 
@@ -353,19 +363,78 @@ pub fn run(proxy_bin: &Path, mitmdump: Option<&Path>, plan: &Plan) -> anyhow::Re
         label: "cell-proxy",
         addr: SocketAddr::new(IpAddr::V4(ip), 443),
         ca_pem: lab.cell_ca_pem()?,
+        header: None,
     };
     let pid = lab.proxy_pid();
+    let kept = |lab: &mut Lab, e: anyhow::Error, phase: &str| {
+        // The proxy's log and events say why; a partial run is no result.
+        lab.keep();
+        e.context(format!(
+            "{phase} phase failed; its log and events are kept in {}",
+            lab.dir.display()
+        ))
+    };
     match measure_in_agent(&lab, cell, plan, pid) {
         Ok(r) => results.push(r),
-        Err(e) => {
-            // The proxy's log and events say why; a partial run is no result.
-            lab.keep();
-            return Err(e.context(format!(
-                "cell-proxy phase failed; its log and events are kept in {}",
-                lab.dir.display()
-            )));
-        }
+        Err(e) => return Err(kept(&mut lab, e, "cell-proxy")),
     }
+    lab.stop_proxy();
+    for family in ["inet", "netdev"] {
+        lab.firewall
+            .exec("nft", &["delete", "table", family, "cell"])?;
+    }
+
+    // The same with a secret: every request carries its placeholder in
+    // `authorization`, which the proxy replaces by the value; every request
+    // head and response is scanned for the value (leaks, echoes).
+    eprintln!("cell-proxy with secret injection");
+    let secrets = lab.dir.join("bench-secrets.json");
+    std::fs::write(
+        &secrets,
+        format!(
+            r#"{{"version":1,"secrets":[{{"name":"bench","env":null,"placeholder":"{PLACEHOLDER}","hosts":["{NAME}"],"source":{{"env":"BENCH"}}}}]}}"#
+        ),
+    )?;
+    lab.start_proxy_with(
+        proxy_bin,
+        &policy,
+        None,
+        &[std::ffi::OsStr::new("--secrets"), secrets.as_os_str()],
+    )?;
+    let loaded = lab.control(&format!(
+        r#"{{"op":"secrets-load","values":{{"bench":"{SECRET_VALUE}"}}}}"#
+    ))?;
+    if loaded["ok"] != Value::Bool(true) {
+        bail!("the bench secret was not loaded: {loaded}");
+    }
+    // A new daemon: its own synthetic address for the name, asked again.
+    let m = crate::probe::dns(
+        &lab.agent,
+        crate::lab::fw_dns(),
+        &format!("{NAME}."),
+        hickory_proto::rr::RecordType::A,
+        crate::probe::Transport::Udp,
+    )?;
+    let ip: Ipv4Addr = *crate::probe::a_records(&m)
+        .first()
+        .context("no synthetic address")?;
+    let injected = Target {
+        label: "cell-proxy+secret",
+        addr: SocketAddr::new(IpAddr::V4(ip), 443),
+        ca_pem: lab.cell_ca_pem()?,
+        header: Some(("authorization", "Bearer cell-placeholder-bench")),
+    };
+    let pid = lab.proxy_pid();
+    match measure_in_agent(&lab, injected, plan, pid) {
+        Ok(r) => results.push(r),
+        Err(e) => return Err(kept(&mut lab, e, "cell-proxy+secret")),
+    }
+    let status = lab.control(r#"{"op":"secrets"}"#)?;
+    let uses = status["secrets"][0]["uses"].as_u64().unwrap_or(0);
+    if uses == 0 {
+        bail!("the secret was never injected during its phase: {status}");
+    }
+    eprintln!("  the secret was put into {uses} requests");
     lab.stop_proxy();
     for family in ["inet", "netdev"] {
         lab.firewall
@@ -443,6 +512,7 @@ pub fn run(proxy_bin: &Path, mitmdump: Option<&Path>, plan: &Plan) -> anyhow::Re
             label: "mitmproxy",
             addr: direct_addr,
             ca_pem: std::fs::read_to_string(&ca)?,
+            header: None,
         };
         // `ip netns exec` execs mitmdump, so the child's pid is mitmdump's.
         let pid = Some(mitm.0.id());
@@ -490,6 +560,12 @@ pub fn table(results: &Value) -> String {
         (Some(a), Some(b)) => format!("{:+.3} ms", a - b),
         _ => "n/a".into(),
     };
+    out.push_str(&format!(
+        "\nsecret injection (cell-proxy+secret vs cell-proxy): added latency p50 {}, p99 {}; requests/s {}\n",
+        diff(get("cell-proxy+secret", "latency_ms_p50"), get("cell-proxy", "latency_ms_p50")),
+        diff(get("cell-proxy+secret", "latency_ms_p99"), get("cell-proxy", "latency_ms_p99")),
+        ratio(get("cell-proxy+secret", "requests_per_sec"), get("cell-proxy", "requests_per_sec")),
+    ));
     out.push_str(&format!(
         "\ncell-proxy vs mitmproxy: requests/s {}, new connections/s {}; bulk vs direct: {}; added latency p50 {}, p99 {}\n",
         ratio(get("cell-proxy", "requests_per_sec"), get("mitmproxy", "requests_per_sec")),
