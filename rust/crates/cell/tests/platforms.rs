@@ -30,7 +30,7 @@ fn graph(target: &str, edges: &str) -> BTreeSet<String> {
         .expect("running cargo tree");
     assert!(
         out.status.success(),
-        "cargo tree --target {target} failed:\n{}",
+        "cargo tree --target {target} failed (if a crate is missing, `cargo fetch` downloads every target's; scripts/dev test runs it):\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     let names: BTreeSet<String> = String::from_utf8(out.stdout)
