@@ -38,7 +38,7 @@ use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 use scan::{Action, Blocked, Encoding, Found, Matcher, Pattern, Tag, What};
-use sigv4::AwsCredentials;
+use sigv4::{AwsCredentials, SigV4Error};
 
 /// Values shorter than this are matched raw only: their encodings would be
 /// too short to tell from ordinary text.
@@ -317,14 +317,31 @@ impl Store {
         let view = self.view(host);
         plan.scrub = view.scrub;
 
-        // SigV4 first: a request signed with an AWS placeholder is re-signed later.
+        // SigV4 first: a request signed with an AWS placeholder is re-signed
+        // later; one made with it that cannot be re-signed is refused here.
         let mut skip_authorization = false;
-        if let Ok(Some(signed)) = sigv4::parse(&parts.headers)
-            && let Some(i) = view.aws_key_id(signed.access_key_id())
+        if let Some(akid) = sigv4::presigned_access_key_id(&parts.uri)
+            && let Some(i) = view.aws_key_id(&akid)
         {
-            view.check_aws(i, "header authorization")?;
-            skip_authorization = true;
-            plan.aws = Some(AwsPlan { secret: i, signed });
+            return Err(view.presigned(i));
+        }
+        match sigv4::parse(&parts.headers) {
+            Ok(Some(signed)) => {
+                if let Some(i) = view.aws_key_id(signed.access_key_id()) {
+                    view.check_aws(i, "header authorization")?;
+                    skip_authorization = true;
+                    plan.aws = Some(AwsPlan { secret: i, signed });
+                }
+            }
+            Ok(None) => {}
+            // A SigV4 Authorization that does not parse: refused when the
+            // request names an AWS placeholder key id (the agent meant to
+            // sign with it), else left to the rules below.
+            Err(e) => {
+                if let Some(i) = view.aws_key_id_in(&parts.headers) {
+                    return Err(view.unparsable(i, &e));
+                }
+            }
         }
 
         let mut injected: Vec<usize> = Vec::new();
@@ -494,8 +511,22 @@ impl Store {
             return Err(not_loaded(&s.decl, "header authorization"));
         };
         sigv4::verify(method, uri, headers, &aws.signed, &s.decl.placeholder, payload_sha256_hex)
-            .map_err(|e| {
-                blocked(
+            .map_err(|e| match e {
+                // Its own message says what to configure instead.
+                SigV4Error::Streaming | SigV4Error::Presigned => blocked(
+                    403,
+                    if e == SigV4Error::Streaming {
+                        "aws-streaming"
+                    } else {
+                        "aws-presigned"
+                    },
+                    format!(
+                        "the request signed with the placeholder of aws secret `{}` cannot be re-signed: {e}",
+                        s.decl.name
+                    ),
+                    "see docs/secrets.md, \"AWS (SigV4)\"".into(),
+                ),
+                e => blocked(
                     403,
                     "signature",
                     format!(
@@ -507,7 +538,7 @@ impl Store {
                         s.decl.access_key_id_placeholder.as_deref().unwrap_or(""),
                         s.decl.placeholder
                     ),
-                )
+                ),
             })?;
         sigv4::resign(method, uri, headers, &aws.signed, real, payload_sha256_hex).map_err(
             |e| {
@@ -612,6 +643,70 @@ impl View {
                 d.hosts.join(", "),
                 self.host,
                 d.name
+            ),
+        }
+    }
+
+    /// The aws secret whose placeholder key id one of `headers` holds.
+    fn aws_key_id_in(&self, headers: &HeaderMap) -> Option<usize> {
+        self.secrets.iter().position(|s| {
+            s.decl
+                .access_key_id_placeholder
+                .as_deref()
+                .is_some_and(|a| {
+                    headers
+                        .values()
+                        .any(|v| memchr::memmem::find(v.as_bytes(), a.as_bytes()).is_some())
+                })
+        })
+    }
+
+    /// A presigned URL made with the placeholders of aws secret `i`: it
+    /// cannot be re-signed (the signature is in the target the agent holds).
+    fn presigned(&self, i: usize) -> Blocked {
+        const PLACE: &str = "the request target (path and query)";
+        let s = &self.secrets[i];
+        if !s.in_scope {
+            return self.scope_blocked(&s.decl, PLACE);
+        }
+        Blocked {
+            status: 403,
+            secret: s.decl.name.clone(),
+            reason: "aws-presigned",
+            place: PLACE.into(),
+            what: format!(
+                "the request is a presigned URL made with the placeholder credentials of aws secret `{}`: {}",
+                s.decl.name,
+                SigV4Error::Presigned
+            ),
+            fix: "let the AWS SDK or CLI send the request itself (it signs in headers, which the firewall re-signs); a presigned URL has to be made on the host, with the real credentials".into(),
+        }
+    }
+
+    /// A SigV4 Authorization header that does not parse, in a request that
+    /// names the placeholder key id of aws secret `i`.
+    fn unparsable(&self, i: usize, e: &SigV4Error) -> Blocked {
+        const PLACE: &str = "header authorization";
+        let s = &self.secrets[i];
+        if !s.in_scope {
+            return self.scope_blocked(&s.decl, PLACE);
+        }
+        Blocked {
+            status: 403,
+            secret: s.decl.name.clone(),
+            reason: match e {
+                SigV4Error::Unsupported(_) => "aws-unsupported",
+                _ => "aws-malformed",
+            },
+            place: PLACE.into(),
+            what: format!(
+                "the request carries the placeholder access key id of aws secret `{}` but cannot be re-signed: {e}",
+                s.decl.name
+            ),
+            fix: format!(
+                "let the AWS SDK or CLI sign the request (AWS4-HMAC-SHA256 in the Authorization header) with AWS_ACCESS_KEY_ID={} and AWS_SECRET_ACCESS_KEY={} as the cell sets them",
+                s.decl.access_key_id_placeholder.as_deref().unwrap_or(""),
+                s.decl.placeholder
             ),
         }
     }
@@ -769,5 +864,204 @@ fn compile(secrets: &[Secret]) -> Compiled {
     Compiled {
         request: Arc::new(Matcher::new(req)),
         response: Arc::new(Matcher::new(resp)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOST: &str = "bedrock-runtime.us-east-1.amazonaws.com";
+    const AKID: &str = "cell-placeholder-bedrock.akid";
+    const SIG: &str = "5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31";
+
+    fn store() -> Arc<Store> {
+        let doc: SecretsDocument = serde_json::from_value(json!({
+            "version": 1,
+            "secrets": [{
+                "name": "bedrock", "kind": "aws", "placeholder": "cell-placeholder-bedrock",
+                "accessKeyIdPlaceholder": AKID, "hosts": [HOST], "source": { "env": "B" }
+            }]
+        }))
+        .unwrap();
+        let s = Arc::new(Store::default());
+        s.set_document(&doc);
+        let value = r#"{"Version":1,"AccessKeyId":"AKIAREAL0000EXAMPLE1","SecretAccessKey":"real/secret+key0123456789abcdefghijklmno"}"#;
+        let out = s.load(vec![("bedrock".into(), Some(Zeroizing::new(value.into())))]);
+        assert!(out[0].1.is_ok());
+        s
+    }
+
+    fn parts(uri: &str, headers: &[(&str, &str)]) -> http::request::Parts {
+        let mut b = http::Request::builder().method("PUT").uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    fn auth(service: &str, signed: &str) -> String {
+        format!(
+            "AWS4-HMAC-SHA256 Credential={AKID}/20150830/us-east-1/{service}/aws4_request, SignedHeaders={signed}, Signature={SIG}"
+        )
+    }
+
+    fn refused(s: &Arc<Store>, host: &str, p: &mut http::request::Parts) -> Blocked {
+        err(s.plan(host, p))
+    }
+
+    fn err<T>(r: Result<T, Blocked>) -> Blocked {
+        match r {
+            Ok(_) => panic!("not refused"),
+            Err(b) => b,
+        }
+    }
+
+    fn planned(r: Result<Plan, Blocked>) -> Plan {
+        match r {
+            Ok(p) => p,
+            Err(b) => panic!("refused: {}", b.what),
+        }
+    }
+
+    /// A presigned URL made with the placeholder key id is refused (in
+    /// scope: it cannot be re-signed; out of scope: the scope); one made
+    /// with another key id is not the firewall's business.
+    #[test]
+    fn presigned_url_with_the_placeholder_is_refused() {
+        let s = store();
+        let uri = format!(
+            "/b/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential={AKID}%2F20150830%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Date=20150830T123600Z&X-Amz-Expires=300&X-Amz-SignedHeaders=host&X-Amz-Signature={SIG}"
+        );
+        let b = refused(&s, HOST, &mut parts(&uri, &[]));
+        assert_eq!(
+            (b.status, b.reason, b.secret.as_str()),
+            (403, "aws-presigned", "bedrock")
+        );
+        assert!(
+            b.what.contains(&SigV4Error::Presigned.to_string()),
+            "{}",
+            b.what
+        );
+        assert!(b.fix.contains("on the host"), "{}", b.fix);
+        let b = refused(&s, "other.example", &mut parts(&uri, &[]));
+        assert_eq!(b.reason, "scope");
+
+        let other = uri.replace(AKID, "AKIAOTHER00000000000");
+        let plan = planned(s.plan(HOST, &mut parts(&other, &[])));
+        assert!(plan.aws.is_none());
+    }
+
+    /// A SigV4 Authorization that does not parse is refused with the parse
+    /// error when the request names the placeholder key id (in any header);
+    /// without it, the request is left to the other rules.
+    #[test]
+    fn unparsable_authorization_with_the_placeholder_is_refused() {
+        let s = store();
+        let cases = [
+            (
+                auth("bedrock", "host;x-amz-date").replace(SIG, "zz"),
+                "aws-malformed",
+                SigV4Error::Malformed("Signature is not 64 lowercase hex digits"),
+            ),
+            (
+                auth("bedrock", "x-amz-date;host"),
+                "aws-malformed",
+                SigV4Error::Malformed("SignedHeaders is not sorted, or repeats a name"),
+            ),
+            (
+                auth("bedrock", "x-amz-date"),
+                "aws-malformed",
+                SigV4Error::HostNotSigned,
+            ),
+            (
+                auth("bedrock", "host;x-amz-date")
+                    .replace("AWS4-HMAC-SHA256", "AWS4-ECDSA-P256-SHA256"),
+                "aws-unsupported",
+                SigV4Error::Unsupported("SigV4a (AWS4-ECDSA-P256-SHA256)"),
+            ),
+        ];
+        for (a, reason, e) in &cases {
+            let mut p = parts(
+                "/x",
+                &[("authorization", a), ("x-amz-date", "20150830T123600Z")],
+            );
+            let b = refused(&s, HOST, &mut p);
+            assert_eq!(
+                (b.status, b.reason, b.secret.as_str()),
+                (403, *reason, "bedrock"),
+                "{a}"
+            );
+            assert!(b.what.contains(&e.to_string()), "{a}: {}", b.what);
+            assert!(b.what.contains("aws secret `bedrock`"), "{}", b.what);
+            assert!(b.fix.contains(AKID), "{}", b.fix);
+            // Out of scope, the scope is what is wrong.
+            let mut p = parts("/x", &[("authorization", a)]);
+            assert_eq!(refused(&s, "other.example", &mut p).reason, "scope");
+        }
+        // Two Authorization headers, the placeholder in one of them.
+        let a = auth("bedrock", "host;x-amz-date");
+        let mut p = parts(
+            "/x",
+            &[("authorization", &a), ("authorization", "Bearer x")],
+        );
+        let b = refused(&s, HOST, &mut p);
+        assert_eq!(b.reason, "aws-malformed");
+        assert!(
+            b.what
+                .contains(&SigV4Error::Repeated("authorization").to_string())
+        );
+        // The placeholder key id in another header than Authorization.
+        let bad = auth("bedrock", "x-amz-date").replace(AKID, "AKIAOTHER00000000000");
+        let mut p = parts("/x", &[("authorization", &bad), ("x-key", AKID)]);
+        assert_eq!(refused(&s, HOST, &mut p).reason, "aws-malformed");
+        // Without the placeholder: not ours to judge.
+        let mut p = parts("/x", &[("authorization", &bad)]);
+        let plan = planned(s.plan(HOST, &mut p));
+        assert!(plan.aws.is_none());
+    }
+
+    /// A well-formed SigV4 request with the placeholder: planned for
+    /// re-signing; refused 503 when the secret is not loaded; at re-signing,
+    /// a streaming payload and a signature that does not verify are refused
+    /// with their own reasons.
+    #[test]
+    fn signed_requests_are_planned_and_refused_at_re_signing() {
+        let s = store();
+        let streaming = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD";
+        let headers = [
+            (
+                "authorization",
+                auth("s3", "host;x-amz-content-sha256;x-amz-date"),
+            ),
+            ("x-amz-date", "20150830T123600Z".to_string()),
+            ("x-amz-content-sha256", streaming.to_string()),
+        ];
+        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut p = parts(&format!("https://{HOST}/b/k"), &h);
+        let mut plan = planned(s.plan(HOST, &mut p));
+        let aws = plan.aws.take().expect("re-signed later");
+        let b = err(s.resign(&aws, &p.method, &p.uri, &mut p.headers, streaming));
+        assert_eq!((b.status, b.reason), (403, "aws-streaming"));
+        assert!(
+            b.what.contains(&SigV4Error::Streaming.to_string()),
+            "{}",
+            b.what
+        );
+
+        let hash = "UNSIGNED-PAYLOAD";
+        p.headers
+            .insert("x-amz-content-sha256", hash.parse().unwrap());
+        let b = err(s.resign(&aws, &p.method, &p.uri, &mut p.headers, hash));
+        assert_eq!((b.status, b.reason), (403, "signature"));
+        assert!(b.what.contains("does not verify"), "{}", b.what);
+        assert!(b.fix.contains(AKID) && b.fix.contains("cell-placeholder-bedrock"));
+
+        s.load(vec![("bedrock".into(), None)]);
+        let mut p = parts(&format!("https://{HOST}/b/k"), &h);
+        let b = refused(&s, HOST, &mut p);
+        assert_eq!((b.status, b.reason), (503, "not-loaded"));
+        assert!(b.what.contains("secret `bedrock` is not loaded"));
+        assert!(b.fix.contains("cell secrets reload"));
     }
 }
