@@ -929,6 +929,27 @@ fn requests_that_cannot_be_re_signed_are_refused_and_nothing_goes_upstream() {
     assert_refused(&s, cases);
     assert!(s.web.seen().is_empty(), "{:?}", s.web.seen());
 
+    // A signed request asking for a protocol upgrade (HTTP/1.1 only: HTTP/2
+    // has no Upgrade): the upgrade path does not re-sign, so it is refused
+    // instead of going out signed with the placeholders.
+    let mut up = agent("aws", "GET", BEDROCK, "/record", b"", Style::Bedrock);
+    up.headers_mut()
+        .insert("upgrade", HeaderValue::from_static("websocket"));
+    up.headers_mut()
+        .insert("connection", HeaderValue::from_static("upgrade"));
+    let got = send(&s, &s.h1, BEDROCK, up);
+    let text = body_text(&got);
+    assert_eq!(got.status, StatusCode::FORBIDDEN, "{text}");
+    assert!(
+        text.contains("asks for a protocol upgrade") && text.contains("secret `aws`"),
+        "{text}"
+    );
+    assert!(s.web.seen().is_empty(), "{:?}", s.web.seen());
+    events_until(&s.lab, |ev| {
+        ev.iter()
+            .any(|e| e["reason"] == "secret-aws-upgrade" && e["secret"] == "aws")
+    });
+
     // Unloaded at run time: the same 503; loaded again: re-signed again.
     assert!(load(&s.lab, r#"{"aws":null}"#).status.success());
     let req = agent("aws", "POST", BEDROCK, "/record", JSON_BODY, Style::Bedrock);

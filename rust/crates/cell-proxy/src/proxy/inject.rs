@@ -146,6 +146,28 @@ impl Proxy {
     }
 }
 
+/// A SigV4 request (signed with an aws secret's placeholders) that asks for
+/// a protocol upgrade: not re-signed, so refused rather than sent upstream
+/// with a signature AWS would refuse.
+pub(super) fn aws_upgrade_refused(store: &crate::secrets::Store, plan: &Plan) -> Blocked {
+    let secret = plan
+        .aws
+        .as_ref()
+        .map(|a| store_name(store, a.secret))
+        .unwrap_or_default();
+    Blocked {
+        status: 403,
+        reason: "aws-upgrade",
+        place: "header upgrade".into(),
+        what: format!(
+            "a request signed with aws secret `{secret}`'s placeholders asks for a protocol upgrade, which cell cannot re-sign"
+        ),
+        fix: "send the request without `Upgrade:` (AWS APIs do not use it), or sign it on the host"
+            .into(),
+        secret,
+    }
+}
+
 fn store_name(store: &crate::secrets::Store, i: usize) -> String {
     store
         .status()

@@ -247,8 +247,15 @@ impl Proxy {
         if is_upgrade {
             // The head only: after the 101 the bytes are relayed as they are.
             let (mut parts, body) = req.into_parts();
-            if let Err(b) = self.state.secrets.plan(&c.name, &mut parts) {
-                return self.secret_denied(c, &method, &path_for_log, &b, started);
+            match self.state.secrets.plan(&c.name, &mut parts) {
+                Err(b) => return self.secret_denied(c, &method, &path_for_log, &b, started),
+                // Re-signing happens on the body path only; an upgrade signed
+                // with the placeholders would go out unsigned for AWS.
+                Ok(plan) if plan.aws.is_some() => {
+                    let b = super::inject::aws_upgrade_refused(&self.state.secrets, &plan);
+                    return self.secret_denied(c, &method, &path_for_log, &b, started);
+                }
+                Ok(_) => {}
             }
             return self
                 .upgrade(Request::from_parts(parts, body), c, rule, started)
