@@ -8,7 +8,8 @@
 //! and are searched with `memchr::memmem`, one finder per pattern; the sets
 //! are a handful of secrets times a handful of encodings.
 //!
-//! Streaming keeps back at most `longest pattern - 1` bytes between chunks:
+//! Streaming keeps back at most `longest pattern - 1` bytes between chunks,
+//! and only the end of a chunk that could begin a pattern (usually nothing):
 //! a pattern split across chunks (or HTTP/2 DATA frames) is found whole, and
 //! a match is only decided once every pattern that could start there has
 //! been seen in full.
@@ -100,6 +101,23 @@ impl Matcher {
     /// The longest pattern's length: how much a stream must hold back.
     pub fn longest(&self) -> usize {
         self.longest
+    }
+
+    /// The length of the longest end of `hay` that is the start (and not
+    /// the whole) of some pattern: what a stream must hold back, because
+    /// the next chunk may complete it. Usually 0, so a stream's bytes go on
+    /// at once — an SSE event is not kept waiting for the next one.
+    pub fn partial_suffix(&self, hay: &[u8]) -> usize {
+        let max = self.longest.saturating_sub(1).min(hay.len());
+        (1..=max)
+            .rev()
+            .find(|&k| {
+                let tail = &hay[hay.len() - k..];
+                self.patterns
+                    .iter()
+                    .any(|p| p.bytes.len() > k && p.bytes.starts_with(tail))
+            })
+            .unwrap_or(0)
     }
 
     /// Every leftmost-longest, non-overlapping match in `hay`.
@@ -231,12 +249,12 @@ impl Stream {
     ) -> Result<Bytes, Blocked> {
         let mut buf = std::mem::take(&mut self.carry);
         buf.extend_from_slice(chunk);
-        // A match starting before `safe` has every pattern visible in full.
-        let hold = self.matcher.longest().saturating_sub(1);
+        // Before `safe` no pattern can still be completed by the next chunk:
+        // every match starting there is visible in full.
         let safe = if last {
             buf.len()
         } else {
-            buf.len().saturating_sub(hold)
+            buf.len() - self.matcher.partial_suffix(&buf)
         };
         let mut out = Vec::with_capacity(buf.len());
         let mut pos = 0;
@@ -504,6 +522,31 @@ mod tests {
             }
             prop_assert_eq!(out, whole);
         }
+    }
+
+    #[test]
+    fn a_stream_holds_back_only_what_could_begin_a_pattern() {
+        let mm = Arc::new(m(&[(
+            "sk-secret-value-0123456789",
+            tag(0, What::Placeholder),
+        )]));
+        let mut st = Stream::new(mm);
+        let mut keep = |_: &Found| Action::Keep;
+        // An SSE event: nothing in it could start the value, so all of it goes now.
+        assert_eq!(
+            &st.push(b"data: first\n\n", false, &mut keep).unwrap()[..],
+            b"data: first\n\n"
+        );
+        // A chunk ending in the value's first bytes keeps exactly those back.
+        assert_eq!(
+            &st.push(b"data: sk-sec", false, &mut keep).unwrap()[..],
+            b"data: "
+        );
+        assert_eq!(
+            &st.push(b"ond\n\n", false, &mut keep).unwrap()[..],
+            b"sk-second\n\n"
+        );
+        assert_eq!(&st.push(b"", true, &mut keep).unwrap()[..], b"");
     }
 
     #[test]
