@@ -53,6 +53,8 @@ let
         in
         if (e.passthrough or false) && ((e.methods or null) != null || (e.paths or null) != null) then
           throw "${where}: a passthrough host is not decrypted, so methods and paths cannot be checked; remove them or set passthrough = false"
+        else if (e.passthrough or false) && (e.spy or false) then
+          throw "${where}: a passthrough host is not decrypted, so nothing of it can be recorded; remove spy or set passthrough = false"
         else
           clean {
             inherit host;
@@ -63,6 +65,7 @@ let
             paths = e.paths or null;
             passthrough = flag (e.passthrough or false);
             privateUpstream = flag (e.privateUpstream or false);
+            spy = flag (e.spy or false);
             comment = e.comment or null;
           }
       )

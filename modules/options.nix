@@ -192,6 +192,17 @@ let
         default = false;
         description = "Check the TLS server name only and relay the bytes untouched (for certificate-pinning clients). No method or path rules then.";
       };
+      spy = mkOption {
+        type = types.bool;
+        default = false;
+        description = ''
+          Record this host's exchanges for `cell spy` when the firewall keeps a
+          spy store (`cell.firewall.spy.enable`): what the agent sent and
+          received, secret values replaced by their placeholders, header
+          values only for a safe list, bodies capped. Kept on the firewall
+          only. Not with `passthrough` (nothing is decrypted).
+        '';
+      };
     };
   };
 

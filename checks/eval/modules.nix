@@ -432,6 +432,26 @@ in
       false
       { }
     ])
+  (eq "firewall: no spy store unless enabled; enabled, in the 0700 state directory with its bounds"
+    [
+      (has "--spy")
+      (lib.hasInfix "--spy /var/lib/cell-proxy/spy.jsonl --spy-max-bytes 67108864 --spy-keep 4 --spy-body-max 1048576"
+        (firewall [{ cell.firewall.spy.enable = true; }]).systemd.services.cell-proxy.serviceConfig.ExecStart)
+      (lib.hasInfix "--spy-max-bytes 1000 --spy-keep 1 --spy-body-max 64"
+        (firewall [{ cell.firewall.spy = { enable = true; maxBytes = 1000; keep = 1; bodyMaxBytes = 64; }; }]).systemd.services.cell-proxy.serviceConfig.ExecStart)
+      svc.serviceConfig.StateDirectoryMode
+      (throws (firewall [{ cell.firewall.spy = { enable = true; bodyMaxBytes = 0; }; }]).systemd.services.cell-proxy.serviceConfig.ExecStart)
+    ]
+    [
+      false
+      true
+      true
+      "0700"
+      true
+    ])
+  (eq "firewall: an https entry's spy flag reaches the policy document"
+    (map (e: e.spy or false) (firewall [{ cell.policy.https."api.anthropic.com".spy = true; }]).cell.policy.document.https)
+    [ true ])
   (eq "firewall: the event log bounds are options; without an event log no bound flags"
     (map (c: lib.hasInfix "--events-max-bytes 0 --events-keep 0" c.systemd.services.cell-proxy.serviceConfig.ExecStart) [
       (firewall [{ cell.firewall.eventLog = { maxBytes = 0; keep = 0; }; }])

@@ -161,6 +161,24 @@ let
         }
       ]
     )
+    (eq "spy is carried over, and left out when false"
+      (toDocument {
+        https."api.anthropic.com".spy = true;
+        https."pypi.org".spy = false;
+      }).https
+      [
+        {
+          host = "api.anthropic.com";
+          spy = true;
+        }
+        { host = "pypi.org"; }
+      ])
+    (refuses "spy with passthrough" (toDocument {
+      https."pinned.example" = {
+        passthrough = true;
+        spy = true;
+      };
+    }))
     (refuses "* without allowAnyHost" (toDocument { https."*" = { }; }))
     (refuses "passthrough with methods" (toDocument {
       https."pinned.example" = {

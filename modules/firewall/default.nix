@@ -97,6 +97,18 @@ let
     "--events-keep"
     (toString cfg.eventLog.keep)
   ]
+  # The spy store holds prompts and answers: in the 0700 state directory,
+  # not the group-readable log directory.
+  ++ lib.optionals cfg.spy.enable [
+    "--spy"
+    "/var/lib/cell-proxy/spy.jsonl"
+    "--spy-max-bytes"
+    (toString cfg.spy.maxBytes)
+    "--spy-keep"
+    (toString cfg.spy.keep)
+    "--spy-body-max"
+    (toString cfg.spy.bodyMaxBytes)
+  ]
   ++ lib.concatMap
     (ca: [
       "--upstream-ca"

@@ -91,6 +91,38 @@ in
       };
     };
 
+    spy = {
+      enable = mkOption {
+        type = types.bool;
+        default = false;
+        description = ''
+          Keep a spy store for `cell spy`: every exchange with a host whose
+          policy entry has `spy = true`, one JSON line in
+          `/var/lib/cell-proxy/spy.jsonl` (mode 0700 directory, firewall VM
+          only), secret values replaced by their placeholders, header values
+          only for a safe list, bodies capped at `bodyMaxBytes`. Streams are
+          teed, never delayed.
+        '';
+      };
+      maxBytes = mkOption {
+        type = types.ints.unsigned;
+        default = 67108864;
+        defaultText = lib.literalExpression "67108864 # 64 MiB";
+        description = "cell-proxy rotates the spy store before it would grow past this many bytes (`--spy-max-bytes`); 0 never rotates.";
+      };
+      keep = mkOption {
+        type = types.ints.between 0 100;
+        default = 4;
+        description = "Rotated spy stores kept, `spy.jsonl.1` … `spy.jsonl.N` (`--spy-keep`).";
+      };
+      bodyMaxBytes = mkOption {
+        type = types.ints.positive;
+        default = 1048576;
+        defaultText = lib.literalExpression "1048576 # 1 MiB";
+        description = "The most kept of each request or response body; the rest is counted and the body marked `cut` (`--spy-body-max`).";
+      };
+    };
+
     controlSocket = mkOption {
       type = types.str;
       default = "/run/cell-proxy/control";

@@ -110,6 +110,10 @@ pub struct HttpsRule {
     /// Never loopback, link-local, the firewall or the agent link.
     #[serde(default, skip_serializing_if = "is_false")]
     pub private_upstream: bool,
+    /// Record this host's exchanges for `cell spy` (when the daemon runs with
+    /// a spy store): what the agent sent and received, secrets redacted.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub spy: bool,
     /// Free text shown next to this entry by `cell policy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,

@@ -56,6 +56,8 @@ pub struct HttpsEntry {
     pub passthrough: bool,
     /// Private and shared upstream ranges allowed ([`crate::upstream`]).
     pub private_upstream: bool,
+    /// Exchanges recorded for `cell spy`.
+    pub spy: bool,
     pub comment: Option<String>,
     pub origin: Origin,
 }
@@ -325,6 +327,12 @@ impl Checker {
                 "a passthrough host is not decrypted, so `methods` and `paths` cannot be checked; remove them or set `passthrough = false`",
             );
         }
+        if r.passthrough && r.spy {
+            self.err(
+                format!("{p}.spy"),
+                "a passthrough host is not decrypted, so nothing of it can be recorded; remove `spy` or set `passthrough = false`",
+            );
+        }
         Some(HttpsEntry {
             pattern: pattern?,
             ports,
@@ -332,6 +340,7 @@ impl Checker {
             paths,
             passthrough: r.passthrough,
             private_upstream: r.private_upstream,
+            spy: r.spy,
             comment: r.comment.clone(),
             origin: Origin {
                 source,
@@ -798,7 +807,7 @@ mod tests {
     #[test]
     fn all_problems_reported_with_fixes() {
         let errs = errors(
-            r#"{"https":[{"host":"*"},{"host":"a.com","methods":["G T"],"paths":["v1"]},{"host":"b.com","passthrough":true,"paths":["/x"]}],
+            r#"{"https":[{"host":"*"},{"host":"a.com","methods":["G T"],"paths":["v1"]},{"host":"b.com","passthrough":true,"paths":["/x"]},{"host":"c.com","passthrough":true,"spy":true}],
                 "tcp":[{"host":"10.0.0.1","ports":[22]},{"host":"git.example","ports":[]}],
                 "cidr":[{"cidr":"10.1.2.3/24","protocol":"tcp","ports":[5432]},{"cidr":"169.254.169.254/32","protocol":"tcp","ports":[80]},{"cidr":"198.18.0.0/24","protocol":"tcp","ports":[1]},{"cidr":"fd00::/8","protocol":"tcp","ports":[1]}],
                 "dns":{"syntheticPool":"8.8.0.0/16","upstream":["resolver.example"]},
@@ -809,6 +818,7 @@ mod tests {
             "https[1].methods[0]: `G T` is not an HTTP method",
             "https[1].paths[0]: `v1` must start with `/`",
             "https[2].passthrough: a passthrough host is not decrypted",
+            "https[3].spy: a passthrough host is not decrypted, so nothing of it can be recorded",
             "tcp[0].host: `10.0.0.1` is an IP address",
             "tcp[1].ports: needs at least one port",
             "cidr[0].cidr: `10.1.2.3/24` has host bits set; did you mean `10.1.2.0/24`?",

@@ -25,6 +25,8 @@ pub mod nflog;
 pub mod proxy;
 #[doc(hidden)]
 pub mod secrets;
+/// The `cell spy` recorder.
+pub mod spy;
 #[doc(hidden)]
 pub mod state;
 #[doc(hidden)]

@@ -119,6 +119,24 @@ struct Cli {
     #[arg(long, default_value_t = 4, value_name = "N")]
     events_keep: u32,
 
+    /// The spy store: each exchange with a host whose policy entry has `spy`, one JSON
+    /// line (secrets redacted, bodies capped), for `cell spy`. Without it nothing is kept.
+    #[arg(long, value_name = "FILE")]
+    spy: Option<PathBuf>,
+
+    /// Rotate the spy store before it would grow past this many bytes; 0 never rotates.
+    #[arg(long, default_value_t = 64 << 20, value_name = "BYTES")]
+    spy_max_bytes: u64,
+
+    /// How many rotated spy store files to keep (FILE.1 … FILE.N).
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    spy_keep: u32,
+
+    /// The most kept of each request or response body in the spy store (the rest is
+    /// counted and marked `cut`).
+    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
+    spy_body_max: usize,
+
     /// Where the cell CA lives (`ca.key` mode 0600, `ca.crt` for the agent); created on first start.
     #[arg(long, default_value = "/var/lib/cell-proxy", value_name = "DIR")]
     state_dir: PathBuf,
@@ -435,8 +453,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     let control = cli.control.clone();
     let state_dir = cli.state_dir.clone();
+    let spy = match &cli.spy {
+        Some(path) => Some(Arc::new(
+            cell_proxy::spy::Recorder::open(
+                path,
+                events::Bounds {
+                    max_bytes: cli.spy_max_bytes,
+                    keep: cli.spy_keep,
+                },
+                cli.spy_body_max,
+            )
+            .with_context(|| format!("opening the spy store {}", path.display()))?,
+        )),
+        None => None,
+    };
     runtime.block_on(serve(
-        sources, events, params, state_dir, client_tls, control, secrets,
+        sources,
+        events,
+        params,
+        state_dir,
+        client_tls,
+        control,
+        Stages { secrets, spy },
     ))
 }
 
@@ -465,6 +503,12 @@ fn warn_on_icmp_ratelimit() {
     }
 }
 
+/// What the request stages after the policy start with.
+struct Stages {
+    secrets: cell_policy::secrets::SecretsDocument,
+    spy: Option<Arc<cell_proxy::spy::Recorder>>,
+}
+
 async fn serve(
     sources: Sources,
     events: EventLog,
@@ -472,10 +516,14 @@ async fn serve(
     state_dir: PathBuf,
     client_tls: rustls::ClientConfig,
     control_path: Option<PathBuf>,
-    secrets: cell_policy::secrets::SecretsDocument,
+    stages: Stages,
 ) -> anyhow::Result<()> {
+    let Stages { secrets, spy } = stages;
     let state = State::start(sources, events.clone()).context("loading the policy")?;
     state.secrets.set_document(&secrets);
+    if let Some(spy) = spy {
+        let _ = state.spy.set(spy);
+    }
     let cert_cache = state.policy().limits.cert_cache as usize;
     let ca =
         Arc::new(ca::Ca::load_or_create(&state_dir, cert_cache).context("loading the cell CA")?);

@@ -38,6 +38,8 @@ pub struct State {
     pub name_budget: NameBudget,
     /// Declared secrets and their values ([`crate::secrets`]).
     pub secrets: Arc<crate::secrets::Store>,
+    /// The spy store, when the daemon keeps one ([`crate::spy`]).
+    pub spy: std::sync::OnceLock<Arc<crate::spy::Recorder>>,
 }
 
 fn forwarder_for(policy: &Policy) -> Option<Arc<Forwarder>> {
@@ -117,6 +119,7 @@ impl State {
             agent_nets: std::sync::OnceLock::new(),
             name_budget: NameBudget::default(),
             secrets: Arc::default(),
+            spy: std::sync::OnceLock::new(),
         }))
     }
 

@@ -156,7 +156,7 @@ fn lib_document_passes_cell_proxy_check() {
     let doc = eval_json(&[
         "-E",
         r#"(import ./lib/policy.nix).toDocument {
-          https."api.anthropic.com" = { comment = "model provider"; };
+          https."api.anthropic.com" = { comment = "model provider"; spy = true; };
           https."*.github.com" = { includeApex = true; methods = [ "GET" "POST" ]; paths = [ "/repos/**" ]; };
           https."pinned.example.com" = { passthrough = true; ports = [ 443 8443 ]; };
           tcp."github.com".ports = [ 22 ];

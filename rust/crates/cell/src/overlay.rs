@@ -54,6 +54,9 @@ pub fn https_line(r: &HttpsRule) -> String {
     if r.private_upstream {
         s.push_str(" private-upstream");
     }
+    if r.spy {
+        s.push_str(" spy");
+    }
     s
 }
 
@@ -118,6 +121,7 @@ pub fn allow_https(o: &mut OverlayDocument, req: &HttpsRequest) {
         paths: (!req.paths.is_empty()).then(|| req.paths.clone()),
         passthrough: req.passthrough,
         private_upstream: req.private_upstream,
+        spy: false,
         comment: None,
     };
     o.deny.retain(|d| d != &req.host);
@@ -183,6 +187,9 @@ pub fn render_effective(p: &Policy) -> String {
         }
         if r.private_upstream {
             s.push_str("  private-upstream");
+        }
+        if r.spy {
+            s.push_str("  spy");
         }
         rows.push((s, origin(r.origin)));
     }

@@ -183,6 +183,7 @@ impl Proxy {
         };
         drop(policy);
         let rule = entry.origin.to_string();
+        let spy = entry.spy;
         if let Some(methods) = &entry.methods
             && !methods.iter().any(|m| m == method.as_str())
         {
@@ -278,7 +279,36 @@ impl Proxy {
             Err(b) => return self.secret_denied(c, &method, &path_for_log, &b, started),
         };
         let (scrub, secrets) = (prepared.plan.scrub, prepared.plan.injected.clone());
-        match client.request(prepared.req).await {
+        // The spy: the request as it goes upstream (its values redacted
+        // when recorded), teed as it streams.
+        let recording = match (spy, self.state.spy.get()) {
+            (true, Some(recorder)) => {
+                let capture = recorder.capture();
+                let pending = crate::spy::Pending {
+                    id: recorder.next_id(),
+                    started,
+                    at: std::time::SystemTime::now(),
+                    host: c.name.clone(),
+                    method: method.to_string(),
+                    path: path_for_log.clone(),
+                    rule: rule.clone(),
+                    request_headers: crate::spy::headers_json(
+                        prepared.req.headers(),
+                        &self.state.secrets,
+                    ),
+                    request: capture.clone(),
+                };
+                Some((recorder.clone(), pending, capture))
+            }
+            _ => None,
+        };
+        let up_req = match &recording {
+            Some((_, _, capture)) => prepared
+                .req
+                .map(|b| crate::spy::Tee::new(b, capture.clone(), None).boxed()),
+            None => prepared.req,
+        };
+        match client.request(up_req).await {
             Ok(mut resp) => {
                 strip_hop_by_hop(resp.headers_mut());
                 let status = resp.status().as_u16();
@@ -286,6 +316,20 @@ impl Proxy {
                     self.scrub(&method, resp)
                 } else {
                     resp.map(|b| b.map_err(BoxError::from).boxed())
+                };
+                // The response as the agent gets it (already scrubbed).
+                let resp = match recording {
+                    Some((recorder, pending, _)) => {
+                        let secrets = self.state.secrets.clone();
+                        let headers = crate::spy::headers_json(resp.headers(), &secrets);
+                        let capture = recorder.capture();
+                        let seen = capture.clone();
+                        let done: Box<dyn FnOnce(bool) + Send + Sync> = Box::new(move |complete| {
+                            pending.finish(&recorder, &secrets, status, headers, &seen, complete)
+                        });
+                        resp.map(|b| crate::spy::Tee::new(b, capture, Some(done)).boxed())
+                    }
+                    None => resp,
                 };
                 let secrets = (!secrets.is_empty()).then(|| Value::from(secrets));
                 let (state, conn) = (self.state.clone(), c.clone());

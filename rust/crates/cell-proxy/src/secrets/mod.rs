@@ -438,6 +438,16 @@ impl Store {
     }
 
     /// Scrubs response headers; returns the body matcher and action.
+    /// `bytes` with every loaded value (raw) replaced by its placeholder:
+    /// what the spy keeps of a body or a header.
+    pub fn redact(&self, bytes: &[u8]) -> Vec<u8> {
+        let (m, mut act) = self.scrub(&mut HeaderMap::new());
+        match scan::rewrite(&m, bytes, &mut act) {
+            Ok(Some(new)) => new.to_vec(),
+            _ => bytes.to_vec(),
+        }
+    }
+
     pub fn scrub(&self, headers: &mut HeaderMap) -> (Arc<Matcher>, scan::Act) {
         let compiled = self.compiled.read().expect("compiled lock").clone();
         let placeholders: Vec<Zeroizing<Vec<u8>>> = self

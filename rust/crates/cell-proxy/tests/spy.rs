@@ -1,0 +1,328 @@
+//! The spy recorder through the real daemon, in the lab (real TLS both
+//! sides): only hosts whose entry says `spy` are recorded; a stream's first
+//! event reaches the agent before the stream ends with recording on; the
+//! store holds what the agent sent and received with every secret value
+//! replaced by its placeholder and unsafe header values dropped; bodies are
+//! capped and marked; the store stays within its bounds under a flood.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use cell_lab::https::{CertKind, Client, FakeHttps, Fetched, get};
+use cell_lab::{Lab, skip_unless_available};
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use serde_json::Value;
+
+mod common;
+use common::{at, resolve};
+
+const POLICY: &str = r#"{
+  "https": [ { "host": "api.example.test", "spy": true }, { "host": "other.example.test" } ],
+  "dns": { "upstream": ["192.0.2.53"] }
+}"#;
+
+const SECRETS: &str = r#"{
+  "version": 1,
+  "secrets": [
+    { "name": "key", "placeholder": "cell-placeholder-key", "hosts": ["api.example.test"],
+      "locations": ["header", "body"], "source": { "env": "KEY" } }
+  ]
+}"#;
+
+const VALUE: &str = "sk-spy-8c1e4b7a92d36f05e1b4";
+
+struct Setup {
+    lab: Lab,
+    web: FakeHttps,
+    h1: Client,
+    h2: Client,
+    store: PathBuf,
+}
+
+fn setup(extra: &[&str]) -> Option<Setup> {
+    if skip_unless_available() {
+        return None;
+    }
+    let mut lab = Lab::new().expect("lab");
+    lab.start_resolver(&[
+        ("api.example.test", cell_lab::lab::WEB_V4),
+        ("other.example.test", cell_lab::lab::WEB_V4),
+    ])
+    .unwrap();
+    let web = lab
+        .https_server(&[
+            ("api.example.test", CertKind::Valid),
+            ("other.example.test", CertKind::Valid),
+        ])
+        .unwrap();
+    let policy = lab.dir.join("policy.json");
+    std::fs::write(&policy, POLICY).unwrap();
+    let secrets = lab.dir.join("secrets.json");
+    std::fs::write(&secrets, SECRETS).unwrap();
+    let store = lab.dir.join("spy.jsonl");
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "--secrets".as_ref(),
+        secrets.as_os_str(),
+        "--spy".as_ref(),
+        store.as_os_str(),
+    ];
+    args.extend(extra.iter().map(|a| std::ffi::OsStr::new(*a)));
+    lab.start_proxy_with(
+        Path::new(env!("CARGO_BIN_EXE_cell-proxy")),
+        &policy,
+        None,
+        &args,
+    )
+    .unwrap();
+    let loaded = lab
+        .control(&format!(
+            r#"{{"op":"secrets-load","values":{{"key":"{VALUE}"}}}}"#
+        ))
+        .unwrap();
+    assert_eq!(loaded["ok"], Value::Bool(true), "{loaded}");
+    let ca = lab.cell_ca_pem().unwrap();
+    Some(Setup {
+        h1: Client::new(&ca, &[b"http/1.1"]).unwrap(),
+        h2: Client::new(&ca, &[b"h2"]).unwrap(),
+        lab,
+        web,
+        store,
+    })
+}
+
+fn send(s: &Setup, client: &Client, host: &str, req: Request<Full<Bytes>>) -> Fetched {
+    let ip = resolve(&s.lab, host);
+    s.lab
+        .block_on(client.fetch(
+            s.lab.agent_connect(at(ip, 443)).unwrap(),
+            host,
+            vec![req],
+            1 << 20,
+        ))
+        .unwrap()
+        .remove(0)
+}
+
+/// The store's exchanges (all files, oldest first), once `n` are there.
+fn exchanges(s: &Setup, n: usize) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&s.store).unwrap_or_default();
+        let list: Vec<Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|v: &Value| v["event"] == "exchange")
+            .collect();
+        if list.len() >= n || std::time::Instant::now() > deadline {
+            return list;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn post(host: &str, path: &str, body: &str) -> Request<Full<Bytes>> {
+    Request::post(path)
+        .header("host", host)
+        .header("content-type", "application/json")
+        .header("anthropic-version", "2023-06-01")
+        .header("x-api-key", "cell-placeholder-key")
+        .header("cookie", "session=abc")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+#[test]
+fn spied_hosts_are_recorded_redacted_and_others_not_at_all() {
+    let Some(s) = setup(&[]) else { return };
+    let body =
+        r#"{"model":"m","messages":[{"role":"user","content":"key is cell-placeholder-key"}]}"#;
+    for client in [&s.h1, &s.h2] {
+        // /reflect answers with what it received: the injected value comes
+        // back, and the agent gets the placeholder.
+        let got = send(
+            &s,
+            client,
+            "api.example.test",
+            post("api.example.test", "/reflect", body),
+        );
+        assert_eq!(got.status, StatusCode::OK);
+        let text = String::from_utf8_lossy(&got.body);
+        assert!(!text.contains(VALUE), "the agent saw the value: {text}");
+        let other = send(
+            &s,
+            client,
+            "other.example.test",
+            post("other.example.test", "/record", "{}"),
+        );
+        // The placeholder to a host outside the scope is refused; either
+        // way nothing of other.example.test is recorded.
+        assert_eq!(other.status, StatusCode::FORBIDDEN);
+        let plain = send(
+            &s,
+            client,
+            "other.example.test",
+            get("GET", "other.example.test", "/echo"),
+        );
+        assert_eq!(plain.status, StatusCode::OK);
+    }
+    // The upstream did get the value: the recorder saw the real request.
+    assert!(
+        s.web
+            .recorded()
+            .iter()
+            .any(|r| String::from_utf8_lossy(&r.body).contains(VALUE)),
+        "the value was injected into the body"
+    );
+    let ex = exchanges(&s, 2);
+    assert_eq!(ex.len(), 2, "one exchange per spied request: {ex:#?}");
+    for e in &ex {
+        assert_eq!(e["host"], "api.example.test", "{e}");
+        assert_eq!(e["method"], "POST");
+        assert_eq!(e["path"], "/reflect");
+        assert_eq!(e["status"], 200);
+        assert_eq!(e["complete"], true);
+        assert!(e["durationMs"].as_f64().unwrap() > 0.0);
+        let req = &e["request"];
+        assert_eq!(req["headers"]["content-type"], "application/json");
+        assert_eq!(req["headers"]["anthropic-version"], "2023-06-01");
+        assert_eq!(
+            req["headers"]["x-api-key"],
+            Value::Null,
+            "names only: {req}"
+        );
+        assert_eq!(req["headers"]["cookie"], Value::Null);
+        assert_eq!(
+            req["body"]["text"], body,
+            "the request as the agent wrote it"
+        );
+        // `bytes` counts what went upstream: the value is longer than its placeholder.
+        assert_eq!(
+            req["body"]["bytes"],
+            body.len() + VALUE.len() - "cell-placeholder-key".len()
+        );
+        let resp = e["response"]["body"]["text"].as_str().unwrap();
+        assert!(resp.contains("cell-placeholder-key"), "{resp}");
+    }
+    let store = std::fs::read_to_string(&s.store).unwrap();
+    assert!(!store.contains(VALUE), "the value is in the spy store");
+    assert!(
+        !store.contains("session=abc"),
+        "a cookie is in the spy store"
+    );
+}
+
+#[test]
+fn a_recorded_stream_reaches_the_agent_as_it_streams() {
+    let Some(s) = setup(&[]) else { return };
+    for client in [&s.h1, &s.h2] {
+        let got = send(
+            &s,
+            client,
+            "api.example.test",
+            get("GET", "api.example.test", "/sse"),
+        );
+        assert_eq!(got.status, StatusCode::OK);
+        let first = got.first_byte_after.expect("a body");
+        // The server sends the second event 1.5 s after the first: a
+        // recorder that buffered would deliver nothing before then.
+        assert!(
+            first < Duration::from_millis(700) && got.total >= Duration::from_millis(1400),
+            "first byte after {first:?}, whole stream {:?}",
+            got.total
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&got.body),
+            "data: first\n\ndata: second\n\n"
+        );
+    }
+    let ex = exchanges(&s, 2);
+    assert_eq!(ex.len(), 2);
+    for e in &ex {
+        assert_eq!(
+            e["response"]["body"]["text"],
+            "data: first\n\ndata: second\n\n"
+        );
+        assert_eq!(
+            e["response"]["headers"]["content-type"],
+            "text/event-stream"
+        );
+        let first = e["firstByteMs"].as_f64().unwrap();
+        let total = e["durationMs"].as_f64().unwrap();
+        assert!(first < 700.0 && total >= 1400.0, "{e}");
+    }
+}
+
+#[test]
+fn bodies_are_capped_and_the_store_stays_within_its_bounds() {
+    let Some(s) = setup(&[
+        "--spy-body-max",
+        "1024",
+        "--spy-max-bytes",
+        "65536",
+        "--spy-keep",
+        "2",
+    ]) else {
+        return;
+    };
+    let big = "x".repeat(300_000);
+    let got = send(
+        &s,
+        &s.h1,
+        "api.example.test",
+        post("api.example.test", "/record", &big),
+    );
+    assert_eq!(got.status, StatusCode::OK);
+    let ex = exchanges(&s, 1);
+    let req = &ex[0]["request"]["body"];
+    assert_eq!(req["bytes"], 300_000, "{req}");
+    assert_eq!(req["cut"], true);
+    assert_eq!(req["text"].as_str().unwrap().len(), 1024);
+    // A flood: many exchanges of ~2 KiB lines, bounded in count and time.
+    let reqs: Vec<_> = (0..300)
+        .map(|i| {
+            post(
+                "api.example.test",
+                "/echo",
+                &format!("{i:04}{}", "y".repeat(900)),
+            )
+        })
+        .collect();
+    let ip = resolve(&s.lab, "api.example.test");
+    let out = s
+        .lab
+        .block_on(s.h1.fetch(
+            s.lab.agent_connect(at(ip, 443)).unwrap(),
+            "api.example.test",
+            reqs,
+            1 << 16,
+        ))
+        .unwrap();
+    assert!(out.iter().all(|f| f.status == StatusCode::OK));
+    std::thread::sleep(Duration::from_millis(500));
+    let dir = s.store.parent().unwrap();
+    let mut files: Vec<(String, u64)> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("spy.jsonl"))
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.metadata().unwrap().len(),
+            )
+        })
+        .collect();
+    files.sort();
+    assert!(
+        files.len() <= 3,
+        "the store and at most 2 rotated files: {files:?}"
+    );
+    assert!(
+        files.iter().any(|(n, _)| n == "spy.jsonl.1"),
+        "it rotated: {files:?}"
+    );
+    for (name, len) in &files {
+        assert!(*len <= 65536, "{name} is {len} bytes");
+    }
+}
