@@ -269,6 +269,41 @@ impl FakeHttps {
                 }
                 r
             }
+            // A model provider answering in the Anthropic Messages format
+            // (docs.anthropic.com's wire format): SSE when the request asks to
+            // stream, one JSON message otherwise; a text block and a tool call.
+            "/v1/messages" => {
+                let body = req
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                let stream = serde_json::from_slice::<serde_json::Value>(&body)
+                    .map(|v| v["stream"] == serde_json::Value::Bool(true))
+                    .unwrap_or(false);
+                if stream {
+                    let mut r = Response::new(
+                        StreamBody::new(async_stream(vec![
+                            (Duration::ZERO, ANTHROPIC_SSE[0]),
+                            (Duration::from_millis(300), ANTHROPIC_SSE[1]),
+                        ]))
+                        .boxed(),
+                    );
+                    r.headers_mut()
+                        .insert("content-type", "text/event-stream".parse().expect("static"));
+                    r.headers_mut()
+                        .insert("request-id", "req_lab_1".parse().expect("static"));
+                    r
+                } else {
+                    let mut r = Response::new(
+                        Full::new(Bytes::from_static(ANTHROPIC_JSON.as_bytes())).boxed(),
+                    );
+                    r.headers_mut()
+                        .insert("content-type", "application/json".parse().expect("static"));
+                    r
+                }
+            }
             "/echo" => {
                 let body = req
                     .into_body()
@@ -372,6 +407,37 @@ impl FakeHttps {
         }
     }
 }
+
+/// The streamed answer of `/v1/messages`, in two parts sent 300 ms apart.
+const ANTHROPIC_SSE: [&str; 2] = [
+    concat!(
+        "event: message_start\n",
+        r#"data: {"type":"message_start","message":{"id":"msg_lab","type":"message","role":"assistant","model":"claude-lab-1","content":[],"stop_reason":null,"usage":{"input_tokens":21,"output_tokens":1}}}"#,
+        "\n\nevent: content_block_start\n",
+        r#"data: {"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+        "\n\nevent: content_block_delta\n",
+        r#"data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Checking."}}"#,
+        "\n\n",
+    ),
+    concat!(
+        "event: content_block_stop\n",
+        r#"data: {"type":"content_block_stop","index":0}"#,
+        "\n\nevent: content_block_start\n",
+        r#"data: {"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"toolu_lab","name":"run","input":{}}}"#,
+        "\n\nevent: content_block_delta\n",
+        r#"data: {"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"cmd\":\"ls\"}"}}"#,
+        "\n\nevent: content_block_stop\n",
+        r#"data: {"type":"content_block_stop","index":1}"#,
+        "\n\nevent: message_delta\n",
+        r#"data: {"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"output_tokens":9}}"#,
+        "\n\nevent: message_stop\n",
+        r#"data: {"type":"message_stop"}"#,
+        "\n\n",
+    ),
+];
+
+/// The unstreamed answer of `/v1/messages`.
+const ANTHROPIC_JSON: &str = r#"{"id":"msg_lab","type":"message","role":"assistant","model":"claude-lab-1","content":[{"type":"text","text":"Checking."},{"type":"tool_use","id":"toolu_lab","name":"run","input":{"cmd":"ls"}}],"stop_reason":"tool_use","usage":{"input_tokens":21,"output_tokens":9}}"#;
 
 type FrameStream =
     tokio_stream::wrappers::ReceiverStream<Result<Frame<Bytes>, std::convert::Infallible>>;

@@ -13,6 +13,7 @@ mod secrets;
 mod signals;
 mod sources;
 mod spec;
+mod spy;
 mod state;
 mod supervise;
 
@@ -227,6 +228,40 @@ See docs/secrets.md.")]
         #[arg(long)]
         json: bool,
     },
+    /// What the agent told its model: the exchanges the firewall recorded, decoded.
+    #[command(after_help = "\
+Shows, per exchange: time, provider, model, status, latency and time to first token, stop
+reason, token usage (input, output, cache read/write), the system prompt (folded), what the
+agent sent, tool calls with their arguments, and the model's text. Anthropic Messages and
+OpenAI Chat Completions are decoded (JSON and streaming); other hosts are shown generically.
+
+Recorded are the https hosts whose policy entry has `spy = true`, when the firewall keeps a
+spy store (cell.firewall.spy.enable): secret values replaced by their placeholders, header
+values only for a safe list, bodies capped. See docs/spy.md.
+
+Examples:
+  cell spy                    the last 20 exchanges
+  cell spy -f                 and follow new ones
+  cell spy --json -n 100      one JSON object per exchange
+  cell spy --raw -n 1         the last exchange as recorded (sanitized)
+  cell spy --file spy.jsonl   a store written by `cell jail --spy FILE`")]
+    Spy {
+        /// Read this spy store file instead of the running cell's.
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// How many exchanges to show.
+        #[arg(long, short = 'n', default_value_t = 20)]
+        lines: usize,
+        /// Keep printing new exchanges as they happen.
+        #[arg(long, short)]
+        follow: bool,
+        /// One JSON object per exchange (the decoded summary).
+        #[arg(long, conflicts_with = "raw")]
+        json: bool,
+        /// The exchanges as recorded (bodies included; already sanitized).
+        #[arg(long)]
+        raw: bool,
+    },
     /// Print the agent VM's SSH public key (add it to a git host as a deploy key).
     Pubkey,
     /// Show the instance's VMs and how to reach them.
@@ -407,6 +442,25 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Some(Command::Blocked { follow, lines }) => blocked_cmd(&name, follow, lines),
+        Some(Command::Spy {
+            file,
+            lines,
+            follow,
+            json,
+            raw,
+        }) => spy_cmd(
+            &name,
+            file,
+            lines,
+            follow,
+            if raw {
+                SpyForm::Raw
+            } else if json {
+                SpyForm::Json
+            } else {
+                SpyForm::Text
+            },
+        ),
         Some(Command::Pubkey) => {
             let (l, meta) = existing(&name)?;
             let out = ssh_for(&l, &meta)?
@@ -949,6 +1003,105 @@ fn blocked_cmd(name: &str, follow: bool, n: usize) -> anyhow::Result<u8> {
         for line in std::io::BufReader::new(stdout).lines() {
             if let Some(d) = blocked::parse(&line?) {
                 println!("{}", blocked::render(&d));
+            }
+        }
+    }
+    Ok(0)
+}
+
+#[derive(Clone, Copy)]
+enum SpyForm {
+    Text,
+    Json,
+    Raw,
+}
+
+fn print_exchange(ex: &serde_json::Value, form: SpyForm) {
+    match form {
+        SpyForm::Raw => println!("{}", serde_json::to_string_pretty(ex).unwrap_or_default()),
+        SpyForm::Json => println!("{}", spy::to_json(&spy::summarize(ex))),
+        SpyForm::Text => {
+            let width = std::env::var("COLUMNS")
+                .ok()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(100);
+            print!("{}", spy::render(&spy::summarize(ex), width));
+        }
+    }
+}
+
+fn spy_cmd(
+    name: &str,
+    file: Option<PathBuf>,
+    n: usize,
+    follow: bool,
+    form: SpyForm,
+) -> anyhow::Result<u8> {
+    const STORE: &str = "/var/lib/cell-proxy/spy.jsonl";
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading the spy store {}", path.display()))?;
+        let list = spy::exchanges(&text, Some(n));
+        if list.is_empty() && !follow {
+            eprintln!(
+                "cell: no exchanges in {} (hosts are recorded when their policy entry has spy = true)",
+                path.display()
+            );
+        }
+        for ex in &list {
+            print_exchange(ex, form);
+        }
+        if follow {
+            // New lines as they are appended (the store rotates by rename:
+            // a shorter file means a new one, read from its start).
+            let mut offset = text.len() as u64;
+            loop {
+                std::thread::sleep(Duration::from_millis(200));
+                let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                if len < offset {
+                    offset = 0;
+                }
+                if len > offset {
+                    use std::io::{Read, Seek};
+                    let mut f = std::fs::File::open(&path)?;
+                    f.seek(std::io::SeekFrom::Start(offset))?;
+                    let mut more = String::new();
+                    f.read_to_string(&mut more)?;
+                    // Only whole lines; the rest is read next time.
+                    let whole = more.rfind('\n').map_or(0, |i| i + 1);
+                    for ex in spy::exchanges(&more[..whole], None) {
+                        print_exchange(&ex, form);
+                    }
+                    offset += whole as u64;
+                }
+            }
+        }
+        return Ok(0);
+    }
+    let (l, meta) = existing(name)?;
+    let ssh = ssh_for(&l, &meta)?;
+    let out = ssh
+        .firewall(&format!("test -e {STORE} && tail -n {n} {STORE}"))
+        .output()
+        .context("running ssh")?;
+    if !out.status.success() && !follow {
+        eprintln!(
+            "cell: the firewall keeps no spy store; set cell.firewall.spy.enable = true and spy = true on the provider's cell.policy.https entry, then `cell provision`"
+        );
+        return Ok(1);
+    }
+    for ex in spy::exchanges(&String::from_utf8_lossy(&out.stdout), Some(n)) {
+        print_exchange(&ex, form);
+    }
+    if follow {
+        let mut child = ssh
+            .firewall(&format!("tail -n 0 -F {STORE}"))
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let stdout = child.stdout.take().context("ssh stdout")?;
+        for line in std::io::BufReader::new(stdout).lines() {
+            for ex in spy::exchanges(&line?, None) {
+                print_exchange(&ex, form);
             }
         }
     }

@@ -325,6 +325,92 @@ fn jail_secrets_reach_their_host_only_and_the_command_holds_the_placeholder() {
     assert_eq!(web.recorded().len(), 1, "nothing more arrived");
 }
 
+/// `cell jail --spy FILE`: the exchanges with the allowed provider are
+/// recorded into FILE (the secret as its placeholder), and `cell spy --file`
+/// decodes them: model, tokens, stop reason, the text and the tool call.
+#[test]
+fn jail_spy_records_the_provider_exchange_and_cell_spy_decodes_it() {
+    if skip_unless_available() {
+        return;
+    }
+    let Some((cell, proxy)) = bins() else { return };
+    let mut lab = Lab::new().unwrap();
+    lab.start_resolver(&[("api.example.test", WEB_V4)]).unwrap();
+    let _web = lab
+        .https_server(&[("api.example.test", CertKind::Valid)])
+        .unwrap();
+    let out_dir = tempfile::tempdir().unwrap();
+    let store = out_dir.path().join("spy.jsonl");
+    let value = "jail-spy-secret-0b5e7d21c9";
+    let body = r#"{"model":"claude-lab-1","max_tokens":64,"system":"Be brief.","stream":true,"messages":[{"role":"user","content":"list the files"}]}"#;
+    let script = format!(
+        "curl -sS --max-time 10 -H 'content-type: application/json' -H \"x-api-key: $KEY\" -d '{body}' https://api.example.test/v1/messages"
+    );
+    let out = jail_env(
+        &lab,
+        &cell,
+        &proxy,
+        &[("KEY", value)],
+        &[
+            "--secret",
+            "KEY@api.example.test",
+            "--spy",
+            store.to_str().unwrap(),
+        ],
+        &["sh", "-c", &script],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("message_stop"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&store).expect("the store outlives the jail");
+    assert!(!text.contains(value), "the value is in the spy store");
+    assert!(
+        text.contains(r#""x-api-key":null"#),
+        "the key header is recorded by name only: {text}"
+    );
+
+    let spy = std::process::Command::new(&cell)
+        .args(["spy", "--file", store.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&spy.stdout);
+    assert!(
+        spy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&spy.stderr)
+    );
+    let head = shown.lines().next().unwrap_or("");
+    for want in [
+        "anthropic",
+        "claude-lab-1",
+        "200 POST /v1/messages",
+        "(first token ",
+        "tool_use",
+        "tokens in 21 out 9",
+    ] {
+        assert!(head.contains(want), "{want} not in {head:?}\n{shown}");
+    }
+    for want in [
+        "system     Be brief.",
+        "user       list the files",
+        "assistant  Checking.",
+        "tool call  run {\"cmd\":\"ls\"}",
+    ] {
+        assert!(shown.contains(want), "{want} not in\n{shown}");
+    }
+    let json = std::process::Command::new(&cell)
+        .args(["spy", "--json", "--file", store.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["toolCalls"][0]["name"], "run");
+    assert_eq!(v["usage"]["output"], 9);
+    assert!(v["firstByteMs"].as_f64().unwrap() < v["durationMs"].as_f64().unwrap());
+}
+
 /// Ctrl-C (SIGINT to the foreground process group, as a terminal sends it) and
 /// SIGTERM to the jail both end the command and leave nothing behind.
 #[test]

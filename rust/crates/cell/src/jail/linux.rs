@@ -110,7 +110,17 @@ fn documents(
         hosts.extend(d.hosts.iter().filter(|h| !args.allow.contains(h)));
     }
     hosts.dedup();
-    let https: Vec<Value> = hosts.iter().map(|h| json!({ "host": h })).collect();
+    let spy = args.spy.is_some();
+    let https: Vec<Value> = hosts
+        .iter()
+        .map(|h| {
+            if spy {
+                json!({ "host": h, "spy": true })
+            } else {
+                json!({ "host": h })
+            }
+        })
+        .collect();
     let mut tcp = Vec::new();
     for spec in &args.allow_tcp {
         let (host, port) = spec
@@ -326,6 +336,11 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         .arg(&events)
         .arg("--state-dir")
         .arg(dir.path.join("state"));
+    if let Some(store) = &args.spy {
+        // cell-proxy may not share our working directory's meaning later:
+        // an absolute path, printed at the end.
+        cmd.arg("--spy").arg(std::path::absolute(store)?);
+    }
     let control = dir.path.join("control.sock");
     cmd.arg("--control").arg(&control);
     if !secrets_doc.secrets.is_empty() {

@@ -36,6 +36,7 @@ Examples:
 
   ANTHROPIC_API_KEY=sk-... cell jail --secret ANTHROPIC_API_KEY@api.anthropic.com -- claude
   cell jail --secret-cmd 'GH_TOKEN@api.github.com=gh auth token' -- gh pr list
+  cell jail --spy run.jsonl --allow api.anthropic.com -- claude -p hi; cell spy --file run.jsonl
 
 The command sees only the firewall: DNS answers for allowed names, HTTPS to them
 (intercepted with a per-run CA that is offered through SSL_CERT_FILE, NIX_SSL_CERT_FILE,
@@ -89,6 +90,11 @@ pub struct Args {
     /// for HOST(s) only; the command gets the placeholder in ENV. Repeatable.
     #[arg(long = "secret-cmd", value_name = "ENV@HOST[,HOST…]=COMMAND")]
     secret_cmd: Vec<String>,
+
+    /// Record every exchange with the allowed HTTPS hosts (--allow, --secret) into FILE, a
+    /// spy store (secrets redacted, bodies capped) that outlives the jail: `cell spy --file FILE`.
+    #[arg(long, value_name = "FILE")]
+    spy: Option<PathBuf>,
 
     /// Keep the run directory (event log, CA, proxy log) and print where it is.
     #[arg(long)]
