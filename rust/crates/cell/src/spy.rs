@@ -4,7 +4,7 @@
 //! Decoders read the wire formats from the providers' public API references:
 //! Anthropic Messages (JSON, and SSE: `message_start`, `content_block_*`,
 //! `message_delta`), OpenAI Chat Completions (JSON, and SSE chunks ending in
-//! `data: [DONE]`). Anything else is shown generically (method, path,
+//! `data: [DONE]`), OpenAI Responses (JSON, and `response.*` SSE events). Anything else is shown generically (method, path,
 //! status, sizes). A body the recorder cut, or one that does not parse, is
 //! summarised as far as it goes and says so — never an error.
 
@@ -88,6 +88,12 @@ pub fn summarize(ex: &Value) -> Summary {
             anthropic_request(&mut s, r);
         }
         anthropic_response(&mut s, resp_text);
+    } else if path.ends_with("/v1/responses") {
+        s.provider = "openai";
+        if let Some(r) = &req {
+            responses_request(&mut s, r);
+        }
+        responses_response(&mut s, resp_text);
     } else if path.ends_with("/chat/completions") {
         s.provider = "openai";
         if let Some(r) = &req {
@@ -340,6 +346,132 @@ fn openai_response(s: &mut Summary, body: &str) {
     s.tool_calls.extend(calls);
 }
 
+/// Text of a Responses API content value: a string or a list of parts.
+fn responses_text(content: &Value) -> String {
+    match content {
+        Value::String(t) => t.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p["text"].as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
+fn responses_request(s: &mut Summary, r: &Value) {
+    s.model = r["model"].as_str().map(str::to_string);
+    s.stream = r["stream"] == Value::Bool(true);
+    if let Some(i) = r["instructions"].as_str() {
+        s.system = Some(i.to_string());
+    }
+    match &r["input"] {
+        Value::String(t) => s.sent.push(("user".into(), t.clone())),
+        Value::Array(items) => {
+            s.tool_results = items
+                .iter()
+                .filter(|i| i["type"] == "function_call_output")
+                .count();
+            let system: Vec<String> = items
+                .iter()
+                .filter(|i| i["role"] == "system" || i["role"] == "developer")
+                .map(|i| responses_text(&i["content"]))
+                .collect();
+            if !system.is_empty() && s.system.is_none() {
+                s.system = Some(system.join("\n"));
+            }
+            if let Some(last) = items.iter().rev().find(|i| i["role"].is_string()) {
+                s.sent.push((
+                    last["role"].as_str().unwrap_or("?").to_string(),
+                    responses_text(&last["content"]),
+                ));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A whole Responses API `response` object: the final word when present.
+fn responses_object(s: &mut Summary, r: &Value) {
+    if let Some(model) = r["model"].as_str() {
+        s.model = Some(model.to_string());
+    }
+    let u = &r["usage"];
+    s.usage.input = u["input_tokens"].as_u64().or(s.usage.input);
+    s.usage.output = u["output_tokens"].as_u64().or(s.usage.output);
+    s.usage.cache_read = u["input_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .or(s.usage.cache_read);
+    let Some(output) = r["output"].as_array() else {
+        return;
+    };
+    s.text.clear();
+    s.tool_calls.clear();
+    for item in output {
+        match item["type"].as_str() {
+            Some("message") => s.text.push_str(&responses_text(&item["content"])),
+            Some("function_call") => s.tool_calls.push((
+                item["name"].as_str().unwrap_or("?").to_string(),
+                item["arguments"].as_str().unwrap_or("").to_string(),
+            )),
+            _ => {}
+        }
+    }
+    s.stop = match (
+        r["status"].as_str(),
+        r["incomplete_details"]["reason"].as_str(),
+    ) {
+        (_, Some(why)) => Some(why.to_string()),
+        (Some("completed"), _) if !s.tool_calls.is_empty() => Some("function_call".into()),
+        (Some(st), _) => Some(st.to_string()),
+        _ => s.stop.take(),
+    };
+}
+
+fn responses_response(s: &mut Summary, body: &str) {
+    if body.trim_start().starts_with('{') {
+        if let Ok(r) = serde_json::from_str::<Value>(body) {
+            responses_object(s, &r);
+        }
+        return;
+    }
+    // SSE: text and call arguments as deltas; `response.completed` (when the
+    // stream got that far) carries the whole response.
+    let mut calls: Vec<(u64, String, String)> = Vec::new();
+    for ev in sse_data(body, s) {
+        match ev["type"].as_str() {
+            Some("response.created") | Some("response.in_progress") => {
+                if let Some(m) = ev["response"]["model"].as_str() {
+                    s.model = Some(m.to_string());
+                }
+            }
+            Some("response.output_text.delta") => {
+                s.text.push_str(ev["delta"].as_str().unwrap_or(""))
+            }
+            Some("response.output_item.added") if ev["item"]["type"] == "function_call" => {
+                calls.push((
+                    ev["output_index"].as_u64().unwrap_or(0),
+                    ev["item"]["name"].as_str().unwrap_or("?").to_string(),
+                    String::new(),
+                ));
+            }
+            Some("response.function_call_arguments.delta") => {
+                let i = ev["output_index"].as_u64().unwrap_or(0);
+                if let Some(c) = calls.iter_mut().find(|c| c.0 == i) {
+                    c.2.push_str(ev["delta"].as_str().unwrap_or(""));
+                }
+            }
+            Some("response.completed") | Some("response.incomplete") | Some("response.failed") => {
+                responses_object(s, &ev["response"]);
+                return;
+            }
+            _ => {}
+        }
+    }
+    s.tool_calls
+        .extend(calls.into_iter().map(|(_, name, args)| (name, args)));
+}
+
 /// One line of text, at most `max` characters, with `…` when cut.
 fn fold(text: &str, max: usize) -> String {
     let one: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -477,7 +609,16 @@ mod tests {
         let anthropic_json = summarize(&fixture("anthropic-json.json"));
         let openai_sse = summarize(&fixture("openai-sse.json"));
         let openai_json = summarize(&fixture("openai-json.json"));
-        for s in [&anthropic_sse, &anthropic_json, &openai_sse, &openai_json] {
+        let responses_sse = summarize(&fixture("responses-sse.json"));
+        let responses_json = summarize(&fixture("responses-json.json"));
+        for s in [
+            &anthropic_sse,
+            &anthropic_json,
+            &openai_sse,
+            &openai_json,
+            &responses_sse,
+            &responses_json,
+        ] {
             assert_eq!(
                 s.tool_calls,
                 vec![("get_weather".to_string(), r#"{"city":"Paris"}"#.to_string())],
@@ -506,6 +647,20 @@ mod tests {
         assert_eq!(anthropic_sse.model.as_deref(), Some("claude-sonnet-4-5"));
         assert_eq!(openai_json.model.as_deref(), Some("gpt-4.1"));
         assert!(anthropic_sse.stream && openai_sse.stream && !anthropic_json.stream);
+        assert!(responses_sse.stream && !responses_json.stream);
+        assert_eq!(responses_sse.stop.as_deref(), Some("function_call"));
+        assert_eq!(responses_sse.usage.cache_read, Some(256));
+        // Cut before `response.completed`: the deltas still give the call.
+        let mut cut = fixture("responses-sse.json");
+        let body = cut["response"]["body"]["text"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let before = body.find("event: response.completed").unwrap();
+        cut["response"]["body"]["text"] = Value::from(&body[..before]);
+        let s = summarize(&cut);
+        assert_eq!(s.tool_calls, responses_sse.tool_calls);
+        assert_eq!(s.text, "Let me check the weather.");
     }
 
     #[test]
@@ -516,6 +671,8 @@ mod tests {
             "anthropic-json.json",
             "openai-sse.json",
             "openai-json.json",
+            "responses-sse.json",
+            "responses-json.json",
         ] {
             out.push_str(&render(&summarize(&fixture(f)), 100));
         }
