@@ -242,6 +242,31 @@ async fn measure(
     }
     lat.sort();
 
+    // Time to the first byte of a streamed response (the fake's /sse sends
+    // its first event at once, the next 1.5 s later): what a recorder or a
+    // scanner that buffered would delay. A new connection per sample, its
+    // handshake not timed; the stream is dropped after the first byte.
+    eprintln!("  {}: time to first byte of a stream", t.label);
+    let mut ttfb = Vec::new();
+    for _ in 0..20 {
+        let mut send = http1(tls(t, &c).await?).await?;
+        send.ready().await?;
+        let mut req = http::Request::get("/sse").header("host", NAME);
+        if let Some((name, value)) = t.header {
+            req = req.header(name, value);
+        }
+        let s = Instant::now();
+        let resp = send.send_request(req.body(Empty::new())?).await?;
+        let mut body = resp.into_body();
+        while let Some(frame) = body.frame().await {
+            if frame?.data_ref().is_some_and(|d| !d.is_empty()) {
+                break;
+            }
+        }
+        ttfb.push(s.elapsed());
+    }
+    ttfb.sort();
+
     eprintln!("  {}: {} idle connections", t.label, plan.idle_conns);
     let before = rss();
     let mut idle = Vec::new();
@@ -262,6 +287,8 @@ async fn measure(
         "latency_ms_p50": (percentile(&lat, 0.50) * 1000.0).round() / 1000.0,
         "latency_ms_p99": (percentile(&lat, 0.99) * 1000.0).round() / 1000.0,
         "latency_samples": lat.len(),
+        "stream_first_byte_ms_p50": (percentile(&ttfb, 0.50) * 1000.0).round() / 1000.0,
+        "stream_first_byte_ms_p99": (percentile(&ttfb, 0.99) * 1000.0).round() / 1000.0,
         "rss_mb_before_idle": before.map(|b| (b as f64 / 1048576.0 * 10.0).round() / 10.0),
         "rss_mb_with_idle": held.map(|b| (b as f64 / 1048576.0 * 10.0).round() / 10.0),
     }))
@@ -387,7 +414,7 @@ pub fn run(proxy_bin: &Path, mitmdump: Option<&Path>, plan: &Plan) -> anyhow::Re
     // The same with a secret: every request carries its placeholder in
     // `authorization`, which the proxy replaces by the value; every request
     // head and response is scanned for the value (leaks, echoes).
-    eprintln!("cell-proxy with secret injection");
+    eprintln!("cell-proxy with secret injection and spy recording");
     let secrets = lab.dir.join("bench-secrets.json");
     std::fs::write(
         &secrets,
@@ -395,11 +422,25 @@ pub fn run(proxy_bin: &Path, mitmdump: Option<&Path>, plan: &Plan) -> anyhow::Re
             r#"{{"version":1,"secrets":[{{"name":"bench","env":null,"placeholder":"{PLACEHOLDER}","hosts":["{NAME}"],"source":{{"env":"BENCH"}}}}]}}"#
         ),
     )?;
+    // The same host, recorded by the spy (bodies capped at the default).
+    let spy_policy = lab.dir.join("bench-policy-spy.json");
+    std::fs::write(
+        &spy_policy,
+        format!(
+            r#"{{"https":[{{"host":"{NAME}","spy":true}}],"dns":{{"upstream":["192.0.2.53"]}}}}"#
+        ),
+    )?;
+    let store = lab.dir.join("bench-spy.jsonl");
     lab.start_proxy_with(
         proxy_bin,
-        &policy,
+        &spy_policy,
         None,
-        &[std::ffi::OsStr::new("--secrets"), secrets.as_os_str()],
+        &[
+            std::ffi::OsStr::new("--secrets"),
+            secrets.as_os_str(),
+            std::ffi::OsStr::new("--spy"),
+            store.as_os_str(),
+        ],
     )?;
     let loaded = lab.control(&format!(
         r#"{{"op":"secrets-load","values":{{"bench":"{SECRET_VALUE}"}}}}"#
@@ -419,7 +460,7 @@ pub fn run(proxy_bin: &Path, mitmdump: Option<&Path>, plan: &Plan) -> anyhow::Re
         .first()
         .context("no synthetic address")?;
     let injected = Target {
-        label: "cell-proxy+secret",
+        label: "cell-proxy+secret+spy",
         addr: SocketAddr::new(IpAddr::V4(ip), 443),
         ca_pem: lab.cell_ca_pem()?,
         header: Some(("authorization", "Bearer cell-placeholder-bench")),
@@ -427,7 +468,7 @@ pub fn run(proxy_bin: &Path, mitmdump: Option<&Path>, plan: &Plan) -> anyhow::Re
     let pid = lab.proxy_pid();
     match measure_in_agent(&lab, injected, plan, pid) {
         Ok(r) => results.push(r),
-        Err(e) => return Err(kept(&mut lab, e, "cell-proxy+secret")),
+        Err(e) => return Err(kept(&mut lab, e, "cell-proxy+secret+spy")),
     }
     let status = lab.control(r#"{"op":"secrets"}"#)?;
     let uses = status["secrets"][0]["uses"].as_u64().unwrap_or(0);
@@ -435,6 +476,17 @@ pub fn run(proxy_bin: &Path, mitmdump: Option<&Path>, plan: &Plan) -> anyhow::Re
         bail!("the secret was never injected during its phase: {status}");
     }
     eprintln!("  the secret was put into {uses} requests");
+    let recorded = std::fs::read_to_string(&store)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(r#""event":"exchange""#))
+        .count();
+    if recorded == 0 {
+        bail!("the spy recorded nothing during its phase");
+    }
+    eprintln!(
+        "  the spy recorded {recorded} exchanges (more may have been dropped by its bounded queue)"
+    );
     lab.stop_proxy();
     for family in ["inet", "netdev"] {
         lab.firewall
@@ -538,17 +590,18 @@ pub fn table(results: &Value) -> String {
             .and_then(|r| r[key].as_f64())
     };
     let mut out = String::from(
-        "| target | requests/s (keep-alive) | new TLS connections/s | bulk MB/s | p50 ms | p99 ms | RSS MB (1,000 idle) |\n|---|---|---|---|---|---|---|\n",
+        "| target | requests/s (keep-alive) | new TLS connections/s | bulk MB/s | p50 ms | p99 ms | stream first byte p50 ms | RSS MB (1,000 idle) |\n|---|---|---|---|---|---|---|---|\n",
     );
     for r in &rows {
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r["target"].as_str().unwrap_or("?"),
             r["requests_per_sec"],
             r["new_connections_per_sec"],
             r["bulk_mb_per_sec"],
             r["latency_ms_p50"],
             r["latency_ms_p99"],
+            r["stream_first_byte_ms_p50"],
             r["rss_mb_with_idle"],
         ));
     }
@@ -561,10 +614,11 @@ pub fn table(results: &Value) -> String {
         _ => "n/a".into(),
     };
     out.push_str(&format!(
-        "\nsecret injection (cell-proxy+secret vs cell-proxy): added latency p50 {}, p99 {}; requests/s {}\n",
-        diff(get("cell-proxy+secret", "latency_ms_p50"), get("cell-proxy", "latency_ms_p50")),
-        diff(get("cell-proxy+secret", "latency_ms_p99"), get("cell-proxy", "latency_ms_p99")),
-        ratio(get("cell-proxy+secret", "requests_per_sec"), get("cell-proxy", "requests_per_sec")),
+        "\nsecret injection and spy recording (cell-proxy+secret+spy vs cell-proxy): added latency p50 {}, p99 {}; stream first byte {}; requests/s {}\n",
+        diff(get("cell-proxy+secret+spy", "latency_ms_p50"), get("cell-proxy", "latency_ms_p50")),
+        diff(get("cell-proxy+secret+spy", "latency_ms_p99"), get("cell-proxy", "latency_ms_p99")),
+        diff(get("cell-proxy+secret+spy", "stream_first_byte_ms_p50"), get("cell-proxy", "stream_first_byte_ms_p50")),
+        ratio(get("cell-proxy+secret+spy", "requests_per_sec"), get("cell-proxy", "requests_per_sec")),
     ));
     out.push_str(&format!(
         "\ncell-proxy vs mitmproxy: requests/s {}, new connections/s {}; bulk vs direct: {}; added latency p50 {}, p99 {}\n",
