@@ -12,6 +12,17 @@
 #   OUTDIR/pack-test.sh   DIR OUT.cpio.gz: packs DIR as /test; append it to base.cpio.gz
 #                         (the kernel unpacks concatenated archives in order)
 #
+# For the real firewall of tests/boot_real.rs, when this host has nft and curl
+# (scripts/dev deps installs them):
+#
+#   OUTDIR/firewall-real.cpio.gz  append to base.cpio.gz: Debian's nft (this host's
+#                         nftables package) with its libraries, and the netfilter modules
+#                         cell-proxy's ruleset needs (nf_tables, nat/redirect, reject, ct,
+#                         limit, log → nfnetlink_log), added to the modules /init loads
+#   OUTDIR/agent-real.cpio.gz     append to base.cpio.gz: curl with its libraries
+#   OUTDIR/pack-root.sh   STAGE OUT.cpio.gz [BIN...]: copies each BIN (stripped) to
+#                         STAGE/usr/bin with the shared libraries it links, packs STAGE as /
+#
 # Cached: when OUTDIR/stamp names the same package versions and this script's hash,
 # nothing is downloaded. A rebuild happens in a temporary directory that replaces
 # OUTDIR by rename, so an interrupted build never leaves half an OUTDIR behind.
@@ -19,6 +30,10 @@ set -euo pipefail
 
 out=${1:?usage: build-assets.sh OUTDIR}
 say() { echo "tinyvm assets: $*" >&2; }
+# Two test binaries may build the same OUTDIR at once: one at a time.
+mkdir -p "$(dirname "$out")"
+exec 9>"$out.lock"
+flock 9
 
 kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
 if [ -z "$kpkg" ]; then
@@ -28,7 +43,11 @@ fi
 kver=$(apt-cache policy "$kpkg" | awk '/Candidate:/ {print $2}')
 bver=$(apt-cache policy busybox-static | awk '/Candidate:/ {print $2}')
 dver=$(apt-cache policy dropbear-bin | awk '/Candidate:/ {print $2}')
+hostver() { dpkg-query -W -f '${Version}' "$1" 2>/dev/null || echo none; }
+real=yes
+command -v nft >/dev/null 2>&1 && command -v curl >/dev/null 2>&1 || real=
 stamp="$kpkg $kver busybox-static $bver dropbear-bin $dver $(sha256sum "$0" | cut -c1-16)"
+[ -z "$real" ] || stamp="$stamp nftables $(hostver nftables) curl $(hostver curl)"
 if [ -f "$out/stamp" ] && [ "$(cat "$out/stamp")" = "$stamp" ]; then
   say "cached ($kpkg $kver, busybox $bver, dropbear $dver)"
   exit 0
@@ -149,10 +168,74 @@ cp -R "$src"/. "$stage/test/"
 PACK
 chmod 0755 pack-test.sh
 
+cat > pack-root.sh <<'PACK'
+#!/usr/bin/env bash
+# pack-root.sh STAGE OUT.cpio.gz [BIN...]: each BIN (stripped when strip exists)
+# into STAGE/usr/bin with the shared libraries it links (from this host, where
+# the dynamic loader looks for them), then STAGE packed as / in a gzipped
+# newc archive to append to base.cpio.gz.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+stage=${1:?usage: pack-root.sh STAGE OUT.cpio.gz [BIN...]}
+dst=${2:?usage: pack-root.sh STAGE OUT.cpio.gz [BIN...]}
+shift 2
+mkdir -p "$stage/usr/bin"
+for bin in "$@"; do
+  name=${bin##*/}
+  if command -v strip >/dev/null 2>&1; then
+    strip -o "$stage/usr/bin/$name" "$bin"
+  else
+    cp -L "$bin" "$stage/usr/bin/$name"
+  fi
+  for lib in $(ldd "$bin" | awk '/=> \// {print $3} /^\t\/lib64/ {print $1}'); do
+    case "$lib" in
+      /lib64/*) mkdir -p "$stage/lib64" && cp -L "$lib" "$stage/lib64/" ;;
+      *) mkdir -p "$stage/lib/x86_64-linux-gnu" && cp -L "$lib" "$stage/lib/x86_64-linux-gnu/" ;;
+    esac
+  done
+done
+(cd "$stage" && find . | LC_ALL=C sort | "$here/busybox" cpio -o -H newc 2>/dev/null) | gzip -9n > "$dst"
+PACK
+chmod 0755 pack-root.sh
+
 mkdir result
+if [ -n "$real" ]; then
+  # The netfilter modules of the same kernel, after the virtio ones in /init's
+  # order (the list replaces base's: later archives overwrite earlier files).
+  # crc32c_generic first: libcrc32c (nf_tables needs it) only names it as a
+  # softdep, and its init fails without a crc32c implementation.
+  nf=(crc32c_generic nf_tables nfnetlink nf_conntrack nf_nat nft_chain_nat nft_redir nft_reject
+    nft_reject_inet nf_reject_ipv4 nf_reject_ipv6 nft_ct nft_limit nft_log nfnetlink_log)
+  base_order=("${order[@]}")
+  order=()
+  for m in "${nf[@]}"; do
+    if [ -z "${path_of[$m]:-}" ] && ! grep -q "/$m.ko" "$modroot/modules.builtin"; then
+      say "$kpkg has no module $m"; exit 1
+    fi
+    add "$m"
+  done
+  say "the real firewall's extra modules: ${order[*]}"
+  mkdir -p fw/lib/modules
+  for m in "${order[@]}"; do
+    src=${path_of[$m]}
+    case "$src" in
+      *.ko.xz) xz -dc "$src" > "fw/lib/modules/$m.ko" ;;
+      *.ko.zst) zstd -qdc "$src" > "fw/lib/modules/$m.ko" ;;
+      *) cp "$src" "fw/lib/modules/$m.ko" ;;
+    esac
+  done
+  printf '%s\n' "${base_order[@]}" "${order[@]}" > fw/lib/modules/order
+  cp "$busybox" result/busybox
+  cp pack-root.sh result/
+  bash result/pack-root.sh fw firewall-real.cpio.gz "$(command -v nft)"
+  mkdir ag
+  bash result/pack-root.sh ag agent-real.cpio.gz "$(command -v curl)"
+  mv firewall-real.cpio.gz agent-real.cpio.gz result/
+  rm result/busybox
+fi
 mv "kernel/boot/vmlinuz-$kname" result/vmlinuz
 mv "$busybox" result/busybox
-mv base.cpio.gz pack-test.sh result/
+mv base.cpio.gz pack-test.sh pack-root.sh result/
 echo "$stamp" > result/stamp
 rm -rf "$out"
 mv result "$out"
