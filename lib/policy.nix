@@ -53,7 +53,7 @@ let
         in
         if (e.passthrough or false) && ((e.methods or null) != null || (e.paths or null) != null) then
           throw "${where}: a passthrough host is not decrypted, so methods and paths cannot be checked; remove them or set passthrough = false"
-        else if (e.passthrough or false) && (e.spy or false) then
+        else if (e.passthrough or false) && (e.spy or null) == true then
           throw "${where}: a passthrough host is not decrypted, so nothing of it can be recorded; remove spy or set passthrough = false"
         else
           clean {
@@ -65,7 +65,8 @@ let
             paths = e.paths or null;
             passthrough = flag (e.passthrough or false);
             privateUpstream = flag (e.privateUpstream or false);
-            spy = flag (e.spy or false);
+            # null (left out): the daemon records known provider hosts.
+            spy = e.spy or null;
             comment = e.comment or null;
           }
       )

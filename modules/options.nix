@@ -193,14 +193,19 @@ let
         description = "Check the TLS server name only and relay the bytes untouched (for certificate-pinning clients). No method or path rules then.";
       };
       spy = mkOption {
-        type = types.bool;
-        default = false;
+        type = types.nullOr types.bool;
+        default = null;
         description = ''
           Record this host's exchanges for `cell spy` when the firewall keeps a
           spy store (`cell.firewall.spy.enable`): what the agent sent and
           received, secret values replaced by their placeholders, header
           values only for a safe list, bodies capped. Kept on the firewall
-          only. Not with `passthrough` (nothing is decrypted).
+          only. Not with `passthrough` (nothing is decrypted). `null` (the
+          default): recorded if the host is a known model provider's API
+          (api.anthropic.com, api.openai.com, *.openai.azure.com,
+          bedrock-runtime.*.amazonaws.com, generativelanguage.googleapis.com,
+          api.mistral.ai, api.groq.com, api.deepseek.com, openrouter.ai,
+          api.x.ai); `false` never records it.
         '';
       };
     };

@@ -450,8 +450,17 @@ in
       true
     ])
   (eq "firewall: an https entry's spy flag reaches the policy document"
-    (map (e: e.spy or false) (firewall [{ cell.policy.https."api.anthropic.com".spy = true; }]).cell.policy.document.https)
-    [ true ])
+    (map (e: e.spy or "unset")
+      (firewall [{
+        cell.policy.https."api.anthropic.com".spy = true;
+        cell.policy.https."api.openai.com".spy = false;
+        cell.policy.https."pypi.org" = { };
+      }]).cell.policy.document.https)
+    [
+      true
+      false
+      "unset"
+    ])
   (eq "firewall: the event log bounds are options; without an event log no bound flags"
     (map (c: lib.hasInfix "--events-max-bytes 0 --events-keep 0" c.systemd.services.cell-proxy.serviceConfig.ExecStart) [
       (firewall [{ cell.firewall.eventLog = { maxBytes = 0; keep = 0; }; }])

@@ -161,15 +161,20 @@ let
         }
       ]
     )
-    (eq "spy is carried over, and left out when false"
+    (eq "spy is carried over as given, and left out (the daemon's default) when unset"
       (toDocument {
         https."api.anthropic.com".spy = true;
-        https."pypi.org".spy = false;
+        https."api.openai.com".spy = false;
+        https."pypi.org" = { };
       }).https
       [
         {
           host = "api.anthropic.com";
           spy = true;
+        }
+        {
+          host = "api.openai.com";
+          spy = false;
         }
         { host = "pypi.org"; }
       ])

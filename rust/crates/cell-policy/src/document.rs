@@ -112,8 +112,10 @@ pub struct HttpsRule {
     pub private_upstream: bool,
     /// Record this host's exchanges for `cell spy` (when the daemon runs with
     /// a spy store): what the agent sent and received, secrets redacted.
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub spy: bool,
+    /// Absent: recorded if the host is a known model provider's API
+    /// ([`crate::policy::KNOWN_PROVIDERS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spy: Option<bool>,
     /// Free text shown next to this entry by `cell policy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,

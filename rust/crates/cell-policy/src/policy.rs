@@ -56,10 +56,44 @@ pub struct HttpsEntry {
     pub passthrough: bool,
     /// Private and shared upstream ranges allowed ([`crate::upstream`]).
     pub private_upstream: bool,
-    /// Exchanges recorded for `cell spy`.
-    pub spy: bool,
+    /// Exchanges recorded for `cell spy`: as the entry says, else
+    /// [`HttpsEntry::records`] decides by the host.
+    pub spy: Option<bool>,
     pub comment: Option<String>,
     pub origin: Origin,
+}
+
+/// The model providers' API hosts whose exchanges a spy store records
+/// unless their entry says `spy: false`: Anthropic, OpenAI (and Azure
+/// OpenAI), Bedrock Runtime, Google's Gemini API, Mistral, Groq, DeepSeek,
+/// OpenRouter, xAI.
+pub const KNOWN_PROVIDERS: &[&str] = &[
+    "api.anthropic.com",
+    "api.openai.com",
+    "*.openai.azure.com",
+    "bedrock-runtime.*.amazonaws.com",
+    "generativelanguage.googleapis.com",
+    "api.mistral.ai",
+    "api.groq.com",
+    "api.deepseek.com",
+    "openrouter.ai",
+    "api.x.ai",
+];
+
+/// Is `host` one of [`KNOWN_PROVIDERS`]? (`*` stands for one label.)
+pub fn known_provider(host: &str) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    KNOWN_PROVIDERS.iter().any(|p| {
+        let (pl, hl): (Vec<&str>, Vec<&str>) = (p.split('.').collect(), host.split('.').collect());
+        pl.len() == hl.len() && pl.iter().zip(&hl).all(|(a, b)| *a == "*" || a == b)
+    })
+}
+
+impl HttpsEntry {
+    /// Whether a spy store records requests to `host` under this entry.
+    pub fn records(&self, host: &str) -> bool {
+        self.spy.unwrap_or_else(|| known_provider(host))
+    }
 }
 
 /// A validated TCP entry.
@@ -327,7 +361,7 @@ impl Checker {
                 "a passthrough host is not decrypted, so `methods` and `paths` cannot be checked; remove them or set `passthrough = false`",
             );
         }
-        if r.passthrough && r.spy {
+        if r.passthrough && r.spy == Some(true) {
             self.err(
                 format!("{p}.spy"),
                 "a passthrough host is not decrypted, so nothing of it can be recorded; remove `spy` or set `passthrough = false`",
@@ -802,6 +836,28 @@ mod tests {
             PolicyDocument::from_json("p.json", r#"{"tcp":[{"host":"a.com","ports":[70000]}]}"#)
                 .unwrap_err();
         assert!(e.to_string().starts_with("p.json: tcp[0].ports[0]"), "{e}");
+    }
+
+    #[test]
+    fn known_providers_match_by_label() {
+        for h in [
+            "api.anthropic.com",
+            "API.OpenAI.com.",
+            "bedrock-runtime.us-east-1.amazonaws.com",
+            "myorg.openai.azure.com",
+        ] {
+            assert!(known_provider(h), "{h}");
+        }
+        for h in [
+            "anthropic.com",
+            "evil-api.anthropic.com",
+            "bedrock-runtime.amazonaws.com",
+            "a.b.openai.azure.com",
+            "api.openai.com.evil.test",
+            "pypi.org",
+        ] {
+            assert!(!known_provider(h), "{h}");
+        }
     }
 
     #[test]

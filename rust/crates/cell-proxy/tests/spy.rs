@@ -19,7 +19,8 @@ mod common;
 use common::{at, resolve};
 
 const POLICY: &str = r#"{
-  "https": [ { "host": "api.example.test", "spy": true }, { "host": "other.example.test" } ],
+  "https": [ { "host": "api.example.test", "spy": true }, { "host": "other.example.test" },
+             { "host": "api.anthropic.com" }, { "host": "api.openai.com", "spy": false } ],
   "dns": { "upstream": ["192.0.2.53"] }
 }"#;
 
@@ -49,12 +50,16 @@ fn setup(extra: &[&str]) -> Option<Setup> {
     lab.start_resolver(&[
         ("api.example.test", cell_lab::lab::WEB_V4),
         ("other.example.test", cell_lab::lab::WEB_V4),
+        ("api.anthropic.com", cell_lab::lab::WEB_V4),
+        ("api.openai.com", cell_lab::lab::WEB_V4),
     ])
     .unwrap();
     let web = lab
         .https_server(&[
             ("api.example.test", CertKind::Valid),
             ("other.example.test", CertKind::Valid),
+            ("api.anthropic.com", CertKind::Valid),
+            ("api.openai.com", CertKind::Valid),
         ])
         .unwrap();
     let policy = lab.dir.join("policy.json");
@@ -211,6 +216,28 @@ fn spied_hosts_are_recorded_redacted_and_others_not_at_all() {
         !store.contains("session=abc"),
         "a cookie is in the spy store"
     );
+}
+
+/// A known provider's host is recorded without being named; `spy: false`
+/// turns that off.
+#[test]
+fn known_provider_hosts_are_recorded_unless_their_entry_says_no() {
+    let Some(s) = setup(&[]) else { return };
+    for host in ["api.anthropic.com", "api.openai.com"] {
+        let got = send(&s, &s.h1, host, get("GET", host, "/echo"));
+        assert_eq!(got.status, StatusCode::OK, "{host}");
+    }
+    // The anthropic one arrives; give the other the same time to show up.
+    exchanges(&s, 1);
+    std::thread::sleep(Duration::from_millis(500));
+    let ex: Vec<Value> = std::fs::read_to_string(&s.store)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &Value| v["event"] == "exchange")
+        .collect();
+    let hosts: Vec<&str> = ex.iter().filter_map(|e| e["host"].as_str()).collect();
+    assert_eq!(hosts, ["api.anthropic.com"], "{ex:#?}");
 }
 
 #[test]

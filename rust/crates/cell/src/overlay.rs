@@ -54,8 +54,10 @@ pub fn https_line(r: &HttpsRule) -> String {
     if r.private_upstream {
         s.push_str(" private-upstream");
     }
-    if r.spy {
-        s.push_str(" spy");
+    match r.spy {
+        Some(true) => s.push_str(" spy"),
+        Some(false) => s.push_str(" no-spy"),
+        None => {}
     }
     s
 }
@@ -121,7 +123,7 @@ pub fn allow_https(o: &mut OverlayDocument, req: &HttpsRequest) {
         paths: (!req.paths.is_empty()).then(|| req.paths.clone()),
         passthrough: req.passthrough,
         private_upstream: req.private_upstream,
-        spy: false,
+        spy: None,
         comment: None,
     };
     o.deny.retain(|d| d != &req.host);
@@ -188,8 +190,10 @@ pub fn render_effective(p: &Policy) -> String {
         if r.private_upstream {
             s.push_str("  private-upstream");
         }
-        if r.spy {
-            s.push_str("  spy");
+        match r.spy {
+            Some(true) => s.push_str("  spy"),
+            Some(false) => s.push_str("  no-spy"),
+            None => {}
         }
         rows.push((s, origin(r.origin)));
     }

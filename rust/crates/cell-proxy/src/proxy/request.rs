@@ -183,7 +183,7 @@ impl Proxy {
         };
         drop(policy);
         let rule = entry.origin.to_string();
-        let spy = entry.spy;
+        let spy = entry.records(&c.name);
         if let Some(methods) = &entry.methods
             && !methods.iter().any(|m| m == method.as_str())
         {
