@@ -5,9 +5,10 @@
 //! Rules:
 //! - **Never in the way.** Bodies are teed as they stream: a frame is copied
 //!   (up to the cap) and passed on in the same poll, so the agent gets the
-//!   first event of a stream when it would without the recorder. The line is
-//!   written when the response ends, by the store's own thread behind a
-//!   bounded queue: a full queue drops exchanges (counted), never waits.
+//!   first event of a stream when it would without the recorder. When the
+//!   response ends, the exchange goes to the recorder's own thread behind a
+//!   bounded queue, which redacts, serialises and writes it: a full queue
+//!   drops exchanges (counted), never waits.
 //! - **Redacted before it is kept.** The request is recorded as it goes
 //!   upstream and the response as the agent gets it (already scrubbed), and
 //!   both are passed through the secrets store once more: every loaded
@@ -29,7 +30,9 @@ use bytes::Bytes;
 use http::HeaderMap;
 use serde_json::{Map, Value, json};
 
-use crate::events::{Bounds, EventLog, Sink};
+use std::sync::mpsc::{SyncSender, sync_channel};
+
+use crate::events::{Bounds, EventLog, Sink, event};
 use crate::secrets::Store;
 
 /// Header values worth keeping: what a reader of an exchange needs (the
@@ -70,9 +73,16 @@ fn safe(name: &str) -> bool {
     SAFE_HEADERS.contains(&name) || SAFE_PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
+/// An exchange to redact, serialise and write, on the recorder's thread.
+type Job = Box<dyn FnOnce() -> Map<String, Value> + Send>;
+
+/// Exchanges waiting for the recorder's thread; past this they are dropped.
+const QUEUE: usize = 1024;
+
 /// Where exchanges go and how much of each is kept.
 pub struct Recorder {
-    log: EventLog,
+    jobs: SyncSender<Job>,
+    dropped: Arc<AtomicU64>,
     body_max: usize,
     next: AtomicU64,
 }
@@ -80,11 +90,33 @@ pub struct Recorder {
 impl Recorder {
     /// A store at `path`, rotated like the event log.
     pub fn open(path: &std::path::Path, bounds: Bounds, body_max: usize) -> anyhow::Result<Self> {
+        let log = EventLog::open(&Sink::File(path.to_path_buf()), bounds)?;
+        let (jobs, rx) = sync_channel::<Job>(QUEUE);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let counter = dropped.clone();
+        std::thread::Builder::new()
+            .name("spy".into())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    let lost = counter.swap(0, Ordering::Relaxed);
+                    if lost > 0 {
+                        log.emit(event("events-dropped", [("count", lost.into())]));
+                    }
+                    log.emit(job());
+                }
+            })?;
         Ok(Recorder {
-            log: EventLog::open(&Sink::File(path.to_path_buf()), bounds)?,
+            jobs,
+            dropped,
             body_max,
             next: AtomicU64::new(1),
         })
+    }
+
+    fn submit(&self, job: Job) {
+        if self.jobs.try_send(job).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// A capture for one body.
@@ -133,10 +165,10 @@ impl Capture {
     /// length as it passed the proxy (`bytes`: upstream for a request, to the
     /// agent for a response), and whether it was cut. Secret values become
     /// placeholders.
-    fn to_json(&self, secrets: &Store) -> Value {
+    fn to_json(&self, redact: &mut impl FnMut(&[u8]) -> Vec<u8>) -> Value {
         let kept = self.kept.lock().expect("capture lock");
         let bytes = self.bytes.load(Ordering::Relaxed);
-        let redacted = secrets.redact(&kept);
+        let redacted = redact(&kept);
         let cut = bytes > kept.len() as u64;
         let mut m = Map::new();
         m.insert("bytes".into(), bytes.into());
@@ -168,12 +200,12 @@ impl Capture {
 }
 
 /// Header names, with values for the safe ones only (redacted all the same).
-pub fn headers_json(headers: &HeaderMap, secrets: &Store) -> Value {
+fn headers_json(headers: &HeaderMap, redact: &mut impl FnMut(&[u8]) -> Vec<u8>) -> Value {
     let mut m = Map::new();
     for (name, value) in headers {
         let n = name.as_str();
         let v = if safe(n) {
-            let red = secrets.redact(value.as_bytes());
+            let red = redact(value.as_bytes());
             Value::from(String::from_utf8_lossy(&red).into_owned())
         } else {
             Value::Null
@@ -201,45 +233,58 @@ pub struct Pending {
     pub method: String,
     pub path: String,
     pub rule: String,
-    pub request_headers: Value,
+    pub request_headers: HeaderMap,
     pub request: Arc<Capture>,
 }
 
 impl Pending {
-    /// The exchange's line, once the response has ended (or the agent left).
+    /// Hands the exchange to the recorder once its response has ended (or
+    /// the agent left). The times are taken now; redacting and serialising
+    /// happen on the recorder's thread, with one redactor for the exchange.
     pub fn finish(
         self,
         recorder: &Recorder,
-        secrets: &Store,
+        secrets: Arc<Store>,
         status: u16,
-        response_headers: Value,
-        response: &Capture,
+        response_headers: HeaderMap,
+        response: Arc<Capture>,
         complete: bool,
     ) {
         let ms = |d: std::time::Duration| (d.as_secs_f64() * 1e3 * 1e3).round() / 1e3;
-        let fields = json!({
-            "event": "exchange",
-            "id": self.id,
-            "at": humantime::format_rfc3339_millis(self.at).to_string(),
-            "host": self.host,
-            "method": self.method,
-            "path": secrets_redacted_text(secrets, &self.path),
-            "rule": self.rule,
-            "status": status,
-            "durationMs": ms(self.started.elapsed()),
-            "firstByteMs": response.first_byte().map(|t| ms(t.duration_since(self.started))),
-            "complete": complete,
-            "request": { "headers": self.request_headers, "body": self.request.to_json(secrets) },
-            "response": { "headers": response_headers, "body": response.to_json(secrets) },
-        });
-        if let Value::Object(m) = fields {
-            recorder.log.emit(m);
-        }
+        let duration = ms(self.started.elapsed());
+        let first_byte = response
+            .first_byte()
+            .map(|t| ms(t.duration_since(self.started)));
+        recorder.submit(Box::new(move || {
+            let mut redact = secrets.redactor();
+            let path = String::from_utf8_lossy(&redact(self.path.as_bytes())).into_owned();
+            let fields = json!({
+                "event": "exchange",
+                "id": self.id,
+                "at": humantime::format_rfc3339_millis(self.at).to_string(),
+                "host": self.host,
+                "method": self.method,
+                "path": path,
+                "rule": self.rule,
+                "status": status,
+                "durationMs": duration,
+                "firstByteMs": first_byte,
+                "complete": complete,
+                "request": {
+                    "headers": headers_json(&self.request_headers, &mut redact),
+                    "body": self.request.to_json(&mut redact),
+                },
+                "response": {
+                    "headers": headers_json(&response_headers, &mut redact),
+                    "body": response.to_json(&mut redact),
+                },
+            });
+            match fields {
+                Value::Object(m) => m,
+                _ => Map::new(),
+            }
+        }));
     }
-}
-
-fn secrets_redacted_text(secrets: &Store, s: &str) -> String {
-    String::from_utf8_lossy(&secrets.redact(s.as_bytes())).into_owned()
 }
 
 /// A body that copies what passes into a [`Capture`] and calls `done` once
@@ -329,12 +374,12 @@ mod tests {
         let c = capture(5);
         c.push(b"abc");
         c.push(b"defgh");
-        let j = c.to_json(&Store::default());
+        let j = c.to_json(&mut Store::default().redactor());
         assert_eq!(j, json!({"bytes": 8, "cut": true, "text": "abcde"}));
         let c = capture(100);
         c.push(&[0xff, 0x00, 0x01]);
         assert_eq!(
-            c.to_json(&Store::default()),
+            c.to_json(&mut Store::default().redactor()),
             json!({"bytes": 3, "base64": "/wAB"})
         );
     }
@@ -344,7 +389,7 @@ mod tests {
         let c = capture(4);
         c.push("abcé".as_bytes()); // é is two bytes: the cap splits it
         assert_eq!(
-            c.to_json(&Store::default()),
+            c.to_json(&mut Store::default().redactor()),
             json!({"bytes": 5, "cut": true, "text": "abc"})
         );
     }
@@ -360,7 +405,7 @@ mod tests {
             "anthropic-ratelimit-requests-remaining",
             "49".parse().unwrap(),
         );
-        let j = headers_json(&h, &Store::default());
+        let j = headers_json(&h, &mut Store::default().redactor());
         assert_eq!(
             j,
             json!({

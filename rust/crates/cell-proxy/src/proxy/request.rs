@@ -292,10 +292,7 @@ impl Proxy {
                     method: method.to_string(),
                     path: path_for_log.clone(),
                     rule: rule.clone(),
-                    request_headers: crate::spy::headers_json(
-                        prepared.req.headers(),
-                        &self.state.secrets,
-                    ),
+                    request_headers: prepared.req.headers().clone(),
                     request: capture.clone(),
                 };
                 Some((recorder.clone(), pending, capture))
@@ -321,11 +318,11 @@ impl Proxy {
                 let resp = match recording {
                     Some((recorder, pending, _)) => {
                         let secrets = self.state.secrets.clone();
-                        let headers = crate::spy::headers_json(resp.headers(), &secrets);
+                        let headers = resp.headers().clone();
                         let capture = recorder.capture();
                         let seen = capture.clone();
                         let done: Box<dyn FnOnce(bool) + Send + Sync> = Box::new(move |complete| {
-                            pending.finish(&recorder, &secrets, status, headers, &seen, complete)
+                            pending.finish(&recorder, secrets, status, headers, seen, complete)
                         });
                         resp.map(|b| crate::spy::Tee::new(b, capture, Some(done)).boxed())
                     }

@@ -438,11 +438,12 @@ impl Store {
     }
 
     /// Scrubs response headers; returns the body matcher and action.
-    /// `bytes` with every loaded value (raw) replaced by its placeholder:
-    /// what the spy keeps of a body or a header.
-    pub fn redact(&self, bytes: &[u8]) -> Vec<u8> {
+    /// A function that returns its bytes with every loaded value (raw)
+    /// replaced by its placeholder: what the spy keeps of a body or a
+    /// header. Made once per exchange (it copies the placeholders).
+    pub fn redactor(&self) -> impl FnMut(&[u8]) -> Vec<u8> + use<> {
         let (m, mut act) = self.scrub(&mut HeaderMap::new());
-        match scan::rewrite(&m, bytes, &mut act) {
+        move |bytes: &[u8]| match scan::rewrite(&m, bytes, &mut act) {
             Ok(Some(new)) => new.to_vec(),
             _ => bytes.to_vec(),
         }
