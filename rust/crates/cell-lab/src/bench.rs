@@ -376,16 +376,7 @@ pub fn run(proxy_bin: &Path, mitmdump: Option<&Path>, plan: &Plan) -> anyhow::Re
         format!(r#"{{"https":[{{"host":"{NAME}"}}],"dns":{{"upstream":["192.0.2.53"]}}}}"#),
     )?;
     lab.start_proxy(proxy_bin, &policy, None)?;
-    let m = crate::probe::dns(
-        &lab.agent,
-        crate::lab::fw_dns(),
-        &format!("{NAME}."),
-        hickory_proto::rr::RecordType::A,
-        crate::probe::Transport::Udp,
-    )?;
-    let ip: Ipv4Addr = *crate::probe::a_records(&m)
-        .first()
-        .context("no synthetic address")?;
+    let ip = synthetic_address(&lab)?;
     let cell = Target {
         label: "cell-proxy",
         addr: SocketAddr::new(IpAddr::V4(ip), 443),
@@ -449,16 +440,7 @@ pub fn run(proxy_bin: &Path, mitmdump: Option<&Path>, plan: &Plan) -> anyhow::Re
         bail!("the bench secret was not loaded: {loaded}");
     }
     // A new daemon: its own synthetic address for the name, asked again.
-    let m = crate::probe::dns(
-        &lab.agent,
-        crate::lab::fw_dns(),
-        &format!("{NAME}."),
-        hickory_proto::rr::RecordType::A,
-        crate::probe::Transport::Udp,
-    )?;
-    let ip: Ipv4Addr = *crate::probe::a_records(&m)
-        .first()
-        .context("no synthetic address")?;
+    let ip = synthetic_address(&lab)?;
     let injected = Target {
         label: "cell-proxy+secret+spy",
         addr: SocketAddr::new(IpAddr::V4(ip), 443),
@@ -572,6 +554,20 @@ pub fn run(proxy_bin: &Path, mitmdump: Option<&Path>, plan: &Plan) -> anyhow::Re
         drop(mitm);
     }
     Ok(Value::Array(results))
+}
+
+/// The address the running daemon hands the agent for the bench host.
+fn synthetic_address(lab: &Lab) -> anyhow::Result<Ipv4Addr> {
+    let m = crate::probe::dns(
+        &lab.agent,
+        crate::lab::fw_dns(),
+        &format!("{NAME}."),
+        hickory_proto::rr::RecordType::A,
+        crate::probe::Transport::Udp,
+    )?;
+    Ok(*crate::probe::a_records(&m)
+        .first()
+        .context("no synthetic address")?)
 }
 
 fn port_open(lab: &Lab, port: u16) -> bool {

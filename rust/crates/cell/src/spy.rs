@@ -247,7 +247,9 @@ fn anthropic_response(s: &mut Summary, body: &str) {
     }
 }
 
-fn openai_text(content: &Value) -> String {
+/// Text of an OpenAI content value (Chat or Responses): a string or a
+/// list of parts with `text`.
+fn parts_text(content: &Value) -> String {
     match content {
         Value::String(t) => t.clone(),
         Value::Array(parts) => parts
@@ -266,7 +268,7 @@ fn openai_request(s: &mut Summary, r: &Value) {
     let system: Vec<String> = msgs
         .iter()
         .filter(|m| m["role"] == "system" || m["role"] == "developer")
-        .map(|m| openai_text(&m["content"]))
+        .map(|m| parts_text(&m["content"]))
         .collect();
     if !system.is_empty() {
         s.system = Some(system.join("\n"));
@@ -281,7 +283,7 @@ fn openai_request(s: &mut Summary, r: &Value) {
     if let Some(m) = msgs.last() {
         s.sent.push((
             m["role"].as_str().unwrap_or("?").to_string(),
-            openai_text(&m["content"]),
+            parts_text(&m["content"]),
         ));
     }
 }
@@ -304,7 +306,7 @@ fn openai_response(s: &mut Summary, body: &str) {
         }
         let c = &m["choices"][0];
         s.stop = c["finish_reason"].as_str().map(str::to_string);
-        s.text = openai_text(&c["message"]["content"]);
+        s.text = parts_text(&c["message"]["content"]);
         for t in c["message"]["tool_calls"].as_array().into_iter().flatten() {
             s.tool_calls.push((
                 t["function"]["name"].as_str().unwrap_or("?").to_string(),
@@ -346,19 +348,6 @@ fn openai_response(s: &mut Summary, body: &str) {
     s.tool_calls.extend(calls);
 }
 
-/// Text of a Responses API content value: a string or a list of parts.
-fn responses_text(content: &Value) -> String {
-    match content {
-        Value::String(t) => t.clone(),
-        Value::Array(parts) => parts
-            .iter()
-            .filter_map(|p| p["text"].as_str())
-            .collect::<Vec<_>>()
-            .join("\n"),
-        _ => String::new(),
-    }
-}
-
 fn responses_request(s: &mut Summary, r: &Value) {
     s.model = r["model"].as_str().map(str::to_string);
     s.stream = r["stream"] == Value::Bool(true);
@@ -375,7 +364,7 @@ fn responses_request(s: &mut Summary, r: &Value) {
             let system: Vec<String> = items
                 .iter()
                 .filter(|i| i["role"] == "system" || i["role"] == "developer")
-                .map(|i| responses_text(&i["content"]))
+                .map(|i| parts_text(&i["content"]))
                 .collect();
             if !system.is_empty() && s.system.is_none() {
                 s.system = Some(system.join("\n"));
@@ -383,7 +372,7 @@ fn responses_request(s: &mut Summary, r: &Value) {
             if let Some(last) = items.iter().rev().find(|i| i["role"].is_string()) {
                 s.sent.push((
                     last["role"].as_str().unwrap_or("?").to_string(),
-                    responses_text(&last["content"]),
+                    parts_text(&last["content"]),
                 ));
             }
         }
@@ -409,7 +398,7 @@ fn responses_object(s: &mut Summary, r: &Value) {
     s.tool_calls.clear();
     for item in output {
         match item["type"].as_str() {
-            Some("message") => s.text.push_str(&responses_text(&item["content"])),
+            Some("message") => s.text.push_str(&parts_text(&item["content"])),
             Some("function_call") => s.tool_calls.push((
                 item["name"].as_str().unwrap_or("?").to_string(),
                 item["arguments"].as_str().unwrap_or("").to_string(),
