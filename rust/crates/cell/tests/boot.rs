@@ -27,93 +27,13 @@
 
 mod common;
 use common::cell;
+use common::vm::{Cleanup, ok, qemu_processes, text_of, wait_for};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-fn text_of(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn ok(o: &Output) -> String {
-    let text = text_of(o);
-    assert!(o.status.success(), "cell failed: {text}");
-    text
-}
-
-/// Every qemu process of this instance (by the `-name cell-INSTANCE-ROLE`).
-fn qemu_processes(instance: &str) -> Vec<i32> {
-    let needle = format!("cell-{instance}-");
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| {
-                    let c = String::from_utf8_lossy(&c);
-                    c.contains("qemu-system") && c.contains(&needle)
-                })
-                .unwrap_or(false)
-        })
-        .collect()
-}
-
-/// Kills whatever the test left running and removes the state, even on failure.
-struct Cleanup {
-    instance: String,
-    state: PathBuf,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        // On failure the consoles are the only witness of what the VMs did,
-        // and the state directory is about to go: print their tails.
-        if std::thread::panicking() {
-            let dir = self.state.join("instances").join(&self.instance);
-            for role in ["firewall", "agent"] {
-                let text = std::fs::read_to_string(dir.join(format!("{role}.console")))
-                    .unwrap_or_else(|e| format!("(unreadable: {e})"));
-                let tail: Vec<&str> = text.lines().rev().take(60).collect();
-                eprintln!("--- {role}.console (last {} lines) ---", tail.len());
-                for line in tail.iter().rev() {
-                    eprintln!("{line}");
-                }
-            }
-        }
-        for pid in qemu_processes(&self.instance) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        let _ = std::fs::remove_dir_all(&self.state);
-    }
-}
-
-fn wait_for(path: &Path, marker: &str, timeout: Duration) -> String {
-    let start = Instant::now();
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        if text.contains(marker) {
-            return text;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "`{marker}` not in {} after {:?}:\n{text}",
-            path.display(),
-            timeout
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 fn have_qemu() -> bool {
     Command::new("qemu-system-x86_64")

@@ -1,6 +1,9 @@
 //! Shared by the integration tests that drive the `cell` binary.
 
 use std::path::Path;
+
+#[allow(dead_code)] // only the VM tests use it
+pub mod vm;
 use std::process::{Command, Output};
 
 /// Runs `cell ARGS` with its state under `state` (never the user's).
