@@ -4,9 +4,13 @@
 //! Decoders read the wire formats from the providers' public API references:
 //! Anthropic Messages (JSON, and SSE: `message_start`, `content_block_*`,
 //! `message_delta`), OpenAI Chat Completions (JSON, and SSE chunks ending in
-//! `data: [DONE]`), OpenAI Responses (JSON, and `response.*` SSE events). Anything else is shown generically (method, path,
+//! `data: [DONE]`), OpenAI Responses (JSON, and `response.*` SSE events),
+//! AWS Bedrock Runtime (InvokeModel, Converse, and their AWS event-stream
+//! answers: `bedrock.rs`). Anything else is shown generically (method, path,
 //! status, sizes). A body the recorder cut, or one that does not parse, is
 //! summarised as far as it goes and says so — never an error.
+
+mod bedrock;
 
 use std::fmt::Write as _;
 
@@ -80,7 +84,10 @@ pub fn summarize(ex: &Value) -> Summary {
     let req: Option<Value> = body_text(&ex["request"]).and_then(|t| serde_json::from_str(t).ok());
     let resp_text = body_text(&ex["response"]).unwrap_or("");
     let path = s.path.split('?').next().unwrap_or("").to_string();
-    if path.ends_with("/v1/messages")
+    if let Some((op, model)) = bedrock::route(&path) {
+        s.provider = "bedrock";
+        bedrock::summarize(&mut s, ex, op, model);
+    } else if path.ends_with("/v1/messages")
         || s.host.ends_with("anthropic.com") && path.ends_with("/messages")
     {
         s.provider = "anthropic";
@@ -201,9 +208,15 @@ fn anthropic_response(s: &mut Summary, body: &str) {
         }
         return;
     }
-    // SSE: tool inputs arrive as partial JSON, per content block.
+    let events = sse_data(body, s);
+    anthropic_events(s, events);
+}
+
+/// Anthropic's streaming events (from SSE, or Bedrock's event-stream chunks):
+/// tool inputs arrive as partial JSON, per content block.
+fn anthropic_events(s: &mut Summary, events: Vec<Value>) {
     let mut blocks: Vec<(String, String, bool)> = Vec::new(); // (name, json, is_tool)
-    for ev in sse_data(body, s) {
+    for ev in events {
         match ev["type"].as_str() {
             Some("message_start") => anthropic_message(s, &ev["message"]),
             Some("content_block_start") => {
@@ -600,6 +613,10 @@ mod tests {
         let openai_json = summarize(&fixture("openai-json.json"));
         let responses_sse = summarize(&fixture("responses-sse.json"));
         let responses_json = summarize(&fixture("responses-json.json"));
+        let bedrock_invoke = summarize(&fixture("bedrock-invoke.json"));
+        let bedrock_invoke_stream = summarize(&fixture("bedrock-invoke-stream.json"));
+        let bedrock_converse = summarize(&fixture("bedrock-converse.json"));
+        let bedrock_converse_stream = summarize(&fixture("bedrock-converse-stream.json"));
         for s in [
             &anthropic_sse,
             &anthropic_json,
@@ -607,6 +624,10 @@ mod tests {
             &openai_json,
             &responses_sse,
             &responses_json,
+            &bedrock_invoke,
+            &bedrock_invoke_stream,
+            &bedrock_converse,
+            &bedrock_converse_stream,
         ] {
             assert_eq!(
                 s.tool_calls,
@@ -639,6 +660,21 @@ mod tests {
         assert!(responses_sse.stream && !responses_json.stream);
         assert_eq!(responses_sse.stop.as_deref(), Some("function_call"));
         assert_eq!(responses_sse.usage.cache_read, Some(256));
+        // Bedrock: the model from the path, URL-decoded (an inference profile's ARN too).
+        let sonnet = "anthropic.claude-sonnet-4-5-20250929-v1:0";
+        let profile = "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.";
+        for (s, model, stream) in [
+            (&bedrock_invoke, sonnet.to_string(), false),
+            (&bedrock_invoke_stream, sonnet.to_string(), true),
+            (&bedrock_converse, format!("us.{sonnet}"), false),
+            (&bedrock_converse_stream, format!("{profile}{sonnet}"), true),
+        ] {
+            assert_eq!(s.provider, "bedrock");
+            assert_eq!(s.model.as_deref(), Some(model.as_str()), "{s:?}");
+            assert_eq!(s.stream, stream, "{s:?}");
+            assert_eq!(s.stop.as_deref(), Some("tool_use"), "{s:?}");
+            assert_eq!(s.usage.cache_read, Some(1024), "{s:?}");
+        }
         // Cut before `response.completed`: the deltas still give the call.
         let mut cut = fixture("responses-sse.json");
         let body = cut["response"]["body"]["text"]
