@@ -4,7 +4,9 @@
 //!
 //! Server routes: `/echo` (method, path, host, protocol, body length),
 //! `/sse` (one event at once, another after 1.5 s), `/big?mb=N` (N MiB
-//! streamed), anything else 404. Every request is recorded.
+//! streamed), a model provider's `/v1/messages` (Anthropic) and
+//! `/model/<id>/invoke-with-response-stream` and `/model/<id>/converse`
+//! (Bedrock Runtime), anything else 404. Every request is recorded.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -285,8 +287,14 @@ impl FakeHttps {
                 if stream {
                     let mut r = Response::new(
                         StreamBody::new(async_stream(vec![
-                            (Duration::ZERO, ANTHROPIC_SSE[0]),
-                            (Duration::from_millis(300), ANTHROPIC_SSE[1]),
+                            (
+                                Duration::ZERO,
+                                Bytes::from_static(ANTHROPIC_SSE[0].as_bytes()),
+                            ),
+                            (
+                                Duration::from_millis(300),
+                                Bytes::from_static(ANTHROPIC_SSE[1].as_bytes()),
+                            ),
                         ]))
                         .boxed(),
                     );
@@ -303,6 +311,43 @@ impl FakeHttps {
                         .insert("content-type", "application/json".parse().expect("static"));
                     r
                 }
+            }
+            // Bedrock Runtime (its API reference's wire format): the model's
+            // Anthropic events as `chunk` frames of an AWS event stream, in
+            // two parts 300 ms apart; Converse's JSON answer.
+            p if p.starts_with("/model/") && p.ends_with("/invoke-with-response-stream") => {
+                let _ = req.into_body().collect().await;
+                let part = |events: &[&str]| -> Bytes {
+                    events
+                        .iter()
+                        .flat_map(|e| bedrock_chunk(e))
+                        .collect::<Vec<u8>>()
+                        .into()
+                };
+                let mut r = Response::new(
+                    StreamBody::new(async_stream(vec![
+                        (Duration::ZERO, part(BEDROCK_EVENTS[0])),
+                        (Duration::from_millis(300), part(BEDROCK_EVENTS[1])),
+                    ]))
+                    .boxed(),
+                );
+                r.headers_mut().insert(
+                    "content-type",
+                    "application/vnd.amazon.eventstream"
+                        .parse()
+                        .expect("static"),
+                );
+                r.headers_mut()
+                    .insert("x-amzn-requestid", "lab-bedrock-1".parse().expect("static"));
+                r
+            }
+            p if p.starts_with("/model/") && p.ends_with("/converse") => {
+                let _ = req.into_body().collect().await;
+                let mut r =
+                    Response::new(Full::new(Bytes::from_static(CONVERSE_JSON.as_bytes())).boxed());
+                r.headers_mut()
+                    .insert("content-type", "application/json".parse().expect("static"));
+                r
             }
             "/echo" => {
                 let body = req
@@ -372,8 +417,11 @@ impl FakeHttps {
             }
             "/sse" => {
                 let stream = async_stream(vec![
-                    (Duration::ZERO, "data: first\n\n"),
-                    (Duration::from_millis(1500), "data: second\n\n"),
+                    (Duration::ZERO, Bytes::from_static(b"data: first\n\n")),
+                    (
+                        Duration::from_millis(1500),
+                        Bytes::from_static(b"data: second\n\n"),
+                    ),
                 ]);
                 let mut r = Response::new(StreamBody::new(stream).boxed());
                 r.headers_mut()
@@ -439,20 +487,57 @@ const ANTHROPIC_SSE: [&str; 2] = [
 /// The unstreamed answer of `/v1/messages`.
 const ANTHROPIC_JSON: &str = r#"{"id":"msg_lab","type":"message","role":"assistant","model":"claude-lab-1","content":[{"type":"text","text":"Checking."},{"type":"tool_use","id":"toolu_lab","name":"run","input":{"cmd":"ls"}}],"stop_reason":"tool_use","usage":{"input_tokens":21,"output_tokens":9}}"#;
 
+/// The streamed answer of `/model/<id>/invoke-with-response-stream`: an
+/// Anthropic model's events, in two parts; Bedrock's metrics on the last.
+const BEDROCK_EVENTS: [&[&str]; 2] = [
+    &[
+        r#"{"type":"message_start","message":{"id":"msg_lab_bedrock","type":"message","role":"assistant","model":"claude-lab-1","content":[],"stop_reason":null,"usage":{"input_tokens":21,"output_tokens":1}}}"#,
+        r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+        r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Checking."}}"#,
+    ],
+    &[
+        r#"{"type":"content_block_stop","index":0}"#,
+        r#"{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"toolu_lab","name":"run","input":{}}}"#,
+        r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"cmd\":\"ls\"}"}}"#,
+        r#"{"type":"content_block_stop","index":1}"#,
+        r#"{"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"output_tokens":9}}"#,
+        r#"{"type":"message_stop","amazon-bedrock-invocationMetrics":{"inputTokenCount":21,"outputTokenCount":9,"invocationLatency":310,"firstByteLatency":5}}"#,
+    ],
+];
+
+/// The answer of `/model/<id>/converse`.
+const CONVERSE_JSON: &str = r#"{"output":{"message":{"role":"assistant","content":[{"text":"Checking."},{"toolUse":{"toolUseId":"tooluse_lab","name":"run","input":{"cmd":"ls"}}}]}},"stopReason":"tool_use","usage":{"inputTokens":21,"outputTokens":9,"totalTokens":30},"metrics":{"latencyMs":12}}"#;
+
+/// One `chunk` frame of an AWS event stream (`{"bytes":"<base64 of event>"}`),
+/// encoded by aws-smithy-eventstream.
+fn bedrock_chunk(event: &str) -> Vec<u8> {
+    use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
+    let header = |n: &'static str, v: &'static str| Header::new(n, HeaderValue::String(v.into()));
+    let payload = serde_json::json!({ "bytes": aws_smithy_types::base64::encode(event) });
+    let message = Message::new_from_parts(
+        vec![
+            header(":event-type", "chunk"),
+            header(":content-type", "application/json"),
+            header(":message-type", "event"),
+        ],
+        payload.to_string().into_bytes(),
+    );
+    let mut out = Vec::new();
+    aws_smithy_eventstream::frame::write_message_to(&message, &mut out)
+        .expect("a small frame encodes");
+    out
+}
+
 type FrameStream =
     tokio_stream::wrappers::ReceiverStream<Result<Frame<Bytes>, std::convert::Infallible>>;
 
 /// Frames sent after the given delays.
-fn async_stream(parts: Vec<(Duration, &'static str)>) -> FrameStream {
+fn async_stream(parts: Vec<(Duration, Bytes)>) -> FrameStream {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::spawn(async move {
         for (delay, data) in parts {
             tokio::time::sleep(delay).await;
-            if tx
-                .send(Ok(Frame::data(Bytes::from_static(data.as_bytes()))))
-                .await
-                .is_err()
-            {
+            if tx.send(Ok(Frame::data(data))).await.is_err() {
                 return;
             }
         }

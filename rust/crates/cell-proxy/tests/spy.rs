@@ -3,7 +3,8 @@
 //! event reaches the agent before the stream ends with recording on; the
 //! store holds what the agent sent and received with every secret value
 //! replaced by its placeholder and unsafe header values dropped; bodies are
-//! capped and marked; the store stays within its bounds under a flood.
+//! capped and marked; the store stays within its bounds under a flood; a
+//! Bedrock event stream is recorded whole and `cell spy` decodes it.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -20,7 +21,8 @@ use common::{at, resolve};
 
 const POLICY: &str = r#"{
   "https": [ { "host": "api.example.test", "spy": true }, { "host": "other.example.test" },
-             { "host": "api.anthropic.com" }, { "host": "api.openai.com", "spy": false } ],
+             { "host": "api.anthropic.com" }, { "host": "api.openai.com", "spy": false },
+             { "host": "bedrock-runtime.us-east-1.amazonaws.com" } ],
   "dns": { "upstream": ["192.0.2.53"] }
 }"#;
 
@@ -33,6 +35,9 @@ const SECRETS: &str = r#"{
 }"#;
 
 const VALUE: &str = "sk-spy-8c1e4b7a92d36f05e1b4";
+
+/// A Bedrock Runtime endpoint: recorded by the provider default.
+const BEDROCK: &str = "bedrock-runtime.us-east-1.amazonaws.com";
 
 struct Setup {
     lab: Lab,
@@ -52,6 +57,7 @@ fn setup(extra: &[&str]) -> Option<Setup> {
         ("other.example.test", cell_lab::lab::WEB_V4),
         ("api.anthropic.com", cell_lab::lab::WEB_V4),
         ("api.openai.com", cell_lab::lab::WEB_V4),
+        (BEDROCK, cell_lab::lab::WEB_V4),
     ])
     .unwrap();
     let web = lab
@@ -60,6 +66,7 @@ fn setup(extra: &[&str]) -> Option<Setup> {
             ("other.example.test", CertKind::Valid),
             ("api.anthropic.com", CertKind::Valid),
             ("api.openai.com", CertKind::Valid),
+            (BEDROCK, CertKind::Valid),
         ])
         .unwrap();
     let policy = lab.dir.join("policy.json");
@@ -351,5 +358,150 @@ fn bodies_are_capped_and_the_store_stays_within_its_bounds() {
     );
     for (name, len) in &files {
         assert!(*len <= 65536, "{name} is {len} bytes");
+    }
+}
+
+fn bedrock_post(path: &str, accept: &str, body: &str) -> Request<Full<Bytes>> {
+    Request::post(path)
+        .header("host", BEDROCK)
+        .header("content-type", "application/json")
+        .header("accept", accept)
+        .header("x-amz-date", "20261202T150102Z")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+/// A Bedrock Runtime exchange through the real daemon, its entry without
+/// `spy` (the provider default records it): the event stream's first part
+/// reaches the agent before the stream ends, the store keeps the binary
+/// frames whole (base64), and the built `cell spy --file` decodes model,
+/// text, tool call, stop reason and tokens from them and from a Converse
+/// exchange.
+#[test]
+fn a_bedrock_event_stream_is_recorded_as_it_streams_and_cell_spy_decodes_it() {
+    let Some(s) = setup(&[]) else { return };
+    let invoke = r#"{"anthropic_version":"bedrock-2023-05-31","max_tokens":64,"system":"Be brief.","messages":[{"role":"user","content":"list the files"}]}"#;
+    let stream_path = "/model/anthropic.claude-lab-1%3A0/invoke-with-response-stream";
+    let mut streamed = Vec::new();
+    for client in [&s.h1, &s.h2] {
+        let got = send(
+            &s,
+            client,
+            BEDROCK,
+            bedrock_post(stream_path, "application/vnd.amazon.eventstream", invoke),
+        );
+        assert_eq!(got.status, StatusCode::OK);
+        assert_eq!(
+            got.headers["content-type"],
+            "application/vnd.amazon.eventstream"
+        );
+        // The server sends its second part 300 ms after the first: a
+        // recorder that buffered would deliver the first byte at the end.
+        let first = got.first_byte_after.expect("a body");
+        assert!(
+            got.total.saturating_sub(first) >= Duration::from_millis(200),
+            "first byte after {first:?}, whole stream {:?}",
+            got.total
+        );
+        streamed.push(got.body);
+    }
+    let converse = r#"{"system":[{"text":"Be brief."}],"messages":[{"role":"user","content":[{"text":"list the files"}]}],"inferenceConfig":{"maxTokens":64}}"#;
+    let got = send(
+        &s,
+        &s.h1,
+        BEDROCK,
+        bedrock_post(
+            "/model/amazon.nova-lab-1%3A0/converse",
+            "application/json",
+            converse,
+        ),
+    );
+    assert_eq!(got.status, StatusCode::OK);
+
+    let ex = exchanges(&s, 3);
+    assert_eq!(ex.len(), 3, "{ex:#?}");
+    for (e, body) in ex[..2].iter().zip(&streamed) {
+        assert_eq!(e["host"], BEDROCK);
+        assert_eq!(e["path"], stream_path);
+        assert_eq!(e["complete"], true);
+        assert_eq!(e["request"]["headers"]["x-amz-date"], Value::Null);
+        let resp = &e["response"];
+        assert_eq!(
+            resp["headers"]["content-type"],
+            "application/vnd.amazon.eventstream"
+        );
+        assert_eq!(resp["body"]["bytes"], body.len(), "{e}");
+        assert!(
+            resp["body"]["base64"].is_string(),
+            "binary frames are stored as base64: {e}"
+        );
+        assert!(e["firstByteMs"].as_f64().unwrap() + 200.0 <= e["durationMs"].as_f64().unwrap());
+    }
+
+    let cell = Path::new(env!("CARGO_BIN_EXE_cell-proxy")).with_file_name("cell");
+    if !cell.exists() {
+        if std::env::var_os("CI").is_some() {
+            panic!("{} missing: build the workspace", cell.display());
+        }
+        eprintln!(
+            "SKIPPED (decoding): {} not built; cargo build -p cell",
+            cell.display()
+        );
+        return;
+    }
+    let spy = |flags: &[&str]| {
+        let out = std::process::Command::new(&cell)
+            .arg("spy")
+            .args(flags)
+            .arg("--file")
+            .arg(&s.store)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let decoded: Vec<Value> = spy(&["--json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one summary per line"))
+        .collect();
+    assert_eq!(decoded.len(), 3, "{decoded:#?}");
+    let hint = "(a stale cell binary? cargo build -p cell)";
+    for d in &decoded {
+        assert_eq!(d["provider"], "bedrock", "{d} {hint}");
+        assert_eq!(d["system"], "Be brief.", "{d}");
+        assert_eq!(d["sent"][0]["text"], "list the files", "{d}");
+        assert_eq!(d["text"], "Checking.", "{d}");
+        assert_eq!(d["toolCalls"][0]["name"], "run", "{d}");
+        assert_eq!(d["toolCalls"][0]["arguments"], r#"{"cmd":"ls"}"#, "{d}");
+        assert_eq!(d["stop"], "tool_use", "{d}");
+        assert_eq!(d["usage"]["input"], 21, "{d}");
+        assert_eq!(d["usage"]["output"], 9, "{d}");
+        assert_eq!(d["partial"], serde_json::json!([]), "{d}");
+        let model = if d["path"] == stream_path {
+            assert_eq!(d["stream"], true);
+            "anthropic.claude-lab-1:0"
+        } else {
+            assert_eq!(d["stream"], false);
+            "amazon.nova-lab-1:0"
+        };
+        assert_eq!(d["model"], model, "{d}");
+    }
+    assert_eq!(
+        decoded.iter().filter(|d| d["path"] == stream_path).count(),
+        2
+    );
+    let shown = spy(&[]);
+    for want in [
+        "bedrock  anthropic.claude-lab-1:0  200 POST /model/anthropic.claude-lab-1%3A0/invoke-with-response-stream",
+        "(first token ",
+        "tokens in 21 out 9",
+        "assistant  Checking.",
+        "tool call  run {\"cmd\":\"ls\"}",
+    ] {
+        assert!(shown.contains(want), "{want} not in\n{shown}");
     }
 }
