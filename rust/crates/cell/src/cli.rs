@@ -180,8 +180,9 @@ See docs/secrets.md.")]
     #[command(after_help = "\
 Shows, per exchange: time, provider, model, status, latency and time to first token, stop
 reason, token usage (input, output, cache read/write), the system prompt (folded), what the
-agent sent, tool calls with their arguments, and the model's text. Anthropic Messages and
-OpenAI Chat Completions are decoded (JSON and streaming); other hosts are shown generically.
+agent sent, tool calls with their arguments, and the model's text. Anthropic Messages, OpenAI
+Chat Completions and Responses, and AWS Bedrock Runtime (InvokeModel and Converse, their
+event streams too) are decoded (JSON and streaming); other hosts are shown generically.
 
 Recorded are the https hosts whose policy entry has `spy = true`, when the firewall keeps a
 spy store (cell.firewall.spy.enable): secret values replaced by their placeholders, header
