@@ -403,10 +403,10 @@ impl ConverseStream {
                 let d = &ev["delta"];
                 if let Some(t) = d["text"].as_str() {
                     s.text.push_str(t);
-                } else if let Some(input) = d["toolUse"]["input"].as_str() {
-                    if let Some(t) = self.tools.iter_mut().rev().find(|t| t.0 == index) {
-                        t.2.push_str(input);
-                    }
+                } else if let Some(input) = d["toolUse"]["input"].as_str()
+                    && let Some(t) = self.tools.iter_mut().rev().find(|t| t.0 == index)
+                {
+                    t.2.push_str(input);
                 }
             }
             "messageStop" => {
@@ -653,7 +653,8 @@ mod tests {
             assert!(!s.partial.is_empty(), "flip at {i}: no note: {s:?}");
             assert!(want.starts_with(&s.text), "flip at {i}: {s:?}");
         }
-        let last = event(&converse_events()[9].0, &converse_events()[9].1).len();
+        let (kind, payload) = &converse_events()[9];
+        let last = event(kind, payload).len();
         let mut bad = body.clone();
         bad[body.len() - last + 20] ^= 0x01;
         let s = super::super::summarize(&with_body(ex.clone(), &bad, false));
