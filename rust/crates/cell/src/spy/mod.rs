@@ -11,6 +11,7 @@
 //! summarised as far as it goes and says so — never an error.
 
 mod bedrock;
+pub mod tui;
 
 use std::fmt::Write as _;
 
@@ -575,6 +576,108 @@ pub fn exchanges(text: &str, n: Option<usize>) -> Vec<Value> {
         Some(n) if all.len() > n => all[all.len() - n..].to_vec(),
         _ => all,
     }
+}
+
+/// One message of the turn the agent sent (`--tui` and `--html` show them).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Message {
+    pub role: String,
+    pub text: String,
+    /// For a tool result: the id of the call it answers.
+    pub tool_result: Option<String>,
+}
+
+/// What the agent added to the conversation in this request: the messages
+/// after the model's last answer (tool results one by one, then any user
+/// text), from the recorded request. A provider without a decoder here, or a
+/// request that does not parse, gives `s.sent`.
+pub(crate) fn new_messages(ex: &Value, s: &Summary) -> Vec<Message> {
+    let msg = |role: &str, text: String, tool_result: Option<String>| Message {
+        role: role.to_string(),
+        text,
+        tool_result,
+    };
+    let fallback = || {
+        s.sent
+            .iter()
+            .map(|(r, t)| msg(r, t.clone(), None))
+            .collect::<Vec<_>>()
+    };
+    let Some(r) = body_text(&ex["request"]).and_then(|t| serde_json::from_str::<Value>(t).ok())
+    else {
+        return fallback();
+    };
+    let path = s.path.split('?').next().unwrap_or("");
+    let after_answer = |items: &[Value], is_answer: &dyn Fn(&Value) -> bool| {
+        let from = items.iter().rposition(is_answer).map_or(0, |i| i + 1);
+        items[from..].to_vec()
+    };
+    let mut out = Vec::new();
+    if s.provider == "anthropic" {
+        let msgs = r["messages"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+        for m in after_answer(msgs, &|m| m["role"] == "assistant") {
+            let role = m["role"].as_str().unwrap_or("?");
+            match &m["content"] {
+                Value::Array(blocks) => {
+                    for b in blocks {
+                        match b["type"].as_str() {
+                            Some("tool_result") => out.push(msg(
+                                "tool",
+                                anthropic_text(&b["content"]),
+                                Some(b["tool_use_id"].as_str().unwrap_or("?").to_string()),
+                            )),
+                            Some("text") | Some("image") => out.push(msg(
+                                role,
+                                anthropic_text(&Value::from(vec![b.clone()])),
+                                None,
+                            )),
+                            _ => {}
+                        }
+                    }
+                }
+                c => out.push(msg(role, anthropic_text(c), None)),
+            }
+        }
+    } else if path.ends_with("/chat/completions") {
+        let msgs = r["messages"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+        for m in after_answer(msgs, &|m| m["role"] == "assistant") {
+            match m["role"].as_str().unwrap_or("?") {
+                "system" | "developer" => {}
+                "tool" => out.push(msg(
+                    "tool",
+                    parts_text(&m["content"]),
+                    Some(m["tool_call_id"].as_str().unwrap_or("?").to_string()),
+                )),
+                role => out.push(msg(role, parts_text(&m["content"]), None)),
+            }
+        }
+    } else if path.ends_with("/v1/responses") {
+        match &r["input"] {
+            Value::String(t) => out.push(msg("user", t.clone(), None)),
+            Value::Array(items) => {
+                let answer = |i: &Value| i["role"] == "assistant" || i["type"] == "function_call";
+                for i in after_answer(items, &answer) {
+                    if i["type"] == "function_call_output" {
+                        let text = match &i["output"] {
+                            Value::String(t) => t.clone(),
+                            o => parts_text(o),
+                        };
+                        let id = i["call_id"].as_str().unwrap_or("?").to_string();
+                        out.push(msg("tool", text, Some(id)));
+                    } else if let Some(role) = i["role"].as_str()
+                        && role != "system"
+                        && role != "developer"
+                    {
+                        out.push(msg(role, parts_text(&i["content"]), None));
+                    }
+                }
+            }
+            _ => {}
+        }
+    } else {
+        return fallback();
+    }
+    out
 }
 
 #[cfg(test)]
