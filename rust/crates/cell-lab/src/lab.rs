@@ -305,6 +305,22 @@ impl Lab {
     }
 
     /// A TCP echo recorder in the internet namespace.
+    /// Forwarding in the firewall namespace: on by default (the rules, not a
+    /// sysctl, must stop the agent); off is what the NixOS module sets when
+    /// the policy has no `cidr` entries, and denials must fail as fast then.
+    pub fn set_forwarding(&self, on: bool) -> anyhow::Result<()> {
+        let v = u8::from(on);
+        self.firewall.exec(
+            "sysctl",
+            &[
+                "-qw",
+                &format!("net.ipv4.ip_forward={v}"),
+                &format!("net.ipv6.conf.all.forwarding={v}"),
+            ],
+        )?;
+        Ok(())
+    }
+
     pub fn tcp_recorder(&self, addr: SocketAddr) -> anyhow::Result<Recorder> {
         let l = self
             .internet

@@ -10,6 +10,13 @@
 //! 2. TCP to the synthetic pool on a port some entry allows is redirected to
 //!    the transparent proxy, which makes the per-host decision.
 //! 3. Nothing is forwarded except to `cidr` entries (protocol and port).
+//!    This is decided before routing (a filter chain on the prerouting hook,
+//!    after the redirect): a packet for an address that is not the
+//!    firewall's own is refused there, so it fails fast even when the
+//!    firewall does not forward at all (`ip_forward=0`, the NixOS module's
+//!    setting without `cidr` entries), where the kernel would otherwise drop
+//!    it in routing and the agent would wait for a timeout. The forward chain
+//!    checks the same entries again.
 //! 4. Everything else — other addresses, other DNS servers, UDP (QUIC
 //!    included), ICMP, IPv6 — is rejected at once: TCP with a reset, the rest
 //!    with ICMP administratively-prohibited, and logged at a bounded rate to
@@ -36,7 +43,8 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use nftables::batch::Batch;
 use nftables::expr::{
-    CT, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, SetItem,
+    CT, Expression, Fib, FibFlag, FibResult, Meta, MetaKey, NamedExpression, Payload, PayloadField,
+    Prefix, SetItem,
 };
 use nftables::schema::{Chain, NfListObject, Nftables, Rule, Table};
 use nftables::stmt::{JumpTarget, Limit, Log, Match, NAT, Operator, Reject, RejectType, Statement};
@@ -232,6 +240,10 @@ pub fn compile(policy: &Policy, params: &FirewallParams) -> Ruleset {
         "prerouting",
         Some((NfChainType::NAT, NfHook::Prerouting, -100)),
     );
+    b.chain(
+        "route_guard",
+        Some((NfChainType::Filter, NfHook::Prerouting, 0)),
+    );
     b.chain("input", Some((NfChainType::Filter, NfHook::Input, 0)));
     b.chain("forward", Some((NfChainType::Filter, NfHook::Forward, 0)));
     b.chain(
@@ -240,6 +252,7 @@ pub fn compile(policy: &Policy, params: &FirewallParams) -> Ruleset {
     );
     b.chain("agent_in", None);
     b.chain("agent_fwd", None);
+    b.chain("agent_route", None);
     b.chain("reject_agent", None);
 
     // 2. Redirect proxied ports on the synthetic pool to the transparent proxy.
@@ -360,6 +373,53 @@ pub fn compile(policy: &Policy, params: &FirewallParams) -> Ruleset {
         );
     }
     b.rule("agent_fwd", vec![jump("reject_agent")], None);
+
+    // 3b. The same decision before routing (priority 0, after the redirect
+    // at -100 made proxied connections local): what is for the firewall
+    // itself goes on to the input chain, a cidr entry on to forward,
+    // everything else is refused here, whatever the forwarding sysctls say.
+    b.rule(
+        "route_guard",
+        vec![is(meta(MetaKey::Iifname), agent()), jump("agent_route")],
+        None,
+    );
+    b.rule(
+        "agent_route",
+        vec![ct_state(&["established", "related"]), accept()],
+        None,
+    );
+    b.rule(
+        "agent_route",
+        vec![
+            is(meta(MetaKey::Nfproto), s("ipv6")),
+            is(meta(MetaKey::L4proto), s("ipv6-icmp")),
+            one_of(
+                field("icmpv6", "type"),
+                vec![s("nd-neighbor-solicit"), s("nd-neighbor-advert")],
+            ),
+            accept(),
+        ],
+        Some("neighbour discovery, also to link-local addresses".into()),
+    );
+    // `fib daddr type`: one flag only, so the JSON (a set in the schema)
+    // and the fingerprint stay deterministic. Any of the firewall's own
+    // addresses counts as local here; agent_in then admits only the listen
+    // address's ports.
+    b.rule(
+        "agent_route",
+        vec![
+            one_of(
+                Expression::Named(NamedExpression::Fib(Fib {
+                    result: FibResult::Type,
+                    flags: [FibFlag::Daddr].into_iter().collect(),
+                })),
+                vec![s("local"), s("broadcast"), s("multicast")],
+            ),
+            accept(),
+        ],
+        Some("for the firewall itself: the input chain decides".into()),
+    );
+    b.rule("agent_route", vec![jump("agent_fwd")], None);
     if !policy.cidr.is_empty() {
         b.rule(
             "postrouting",

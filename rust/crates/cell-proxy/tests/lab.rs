@@ -299,7 +299,9 @@ fn large_answers_truncate_over_udp_and_complete_over_tcp() {
 
 /// Direct addresses, other DNS servers, UDP 443 (QUIC), IPv6, ICMP, other
 /// firewall ports, unlisted ports on pool addresses: each fails fast (reset
-/// or ICMP admin-prohibited, never a timeout), and the internet saw nothing.
+/// or ICMP admin-prohibited, never a timeout), and the internet saw nothing —
+/// with forwarding on (the rules stop it) and off (the NixOS module's setting
+/// without cidr entries: refused before routing, not dropped in it).
 #[test]
 fn everything_else_fails_fast_and_reaches_nothing() {
     let Some((lab, ..)) = lab_with(
@@ -343,45 +345,55 @@ fn everything_else_fails_fast_and_reaches_nothing() {
             SocketAddr::new(IpAddr::V6(lab::FW_AGENT_V6), 53),
         ),
     ];
-    for (what, addr) in tcp_cases {
-        let p = probe::tcp(&lab.agent, addr, Duration::from_secs(5)).unwrap();
-        assert!(p.failed_fast(FAST), "{what} ({addr}): {p:?}");
-        assert_eq!(
-            p.outcome,
-            Outcome::Failed(std::io::ErrorKind::ConnectionRefused),
-            "{what}: a TCP reset"
-        );
-    }
-    let udp_cases = [
-        ("another DNS server over UDP", resolver, dns_query.clone()),
-        (
-            "QUIC to a pool address",
-            SocketAddr::new(IpAddr::V4(synthetic), 443),
-            b"quic".to_vec(),
-        ),
-        ("QUIC direct", web, b"quic".to_vec()),
-        ("UDP over IPv6", web6, b"quic".to_vec()),
-    ];
-    for (what, addr, payload) in udp_cases {
-        let p = probe::udp(&lab.agent, addr, payload, Duration::from_secs(5)).unwrap();
-        assert!(p.failed_fast(FAST), "{what} ({addr}): {p:?}");
-    }
-    // A client retrying (QUIC falls back, resolvers retry): every datagram is rejected at once.
-    for port in 0..12u16 {
-        for ip in [IpAddr::V4(WEB_V4), IpAddr::V6(WEB_V6)] {
-            let p = probe::udp(
-                &lab.agent,
-                SocketAddr::new(ip, 4000 + port),
-                b"again".to_vec(),
-                Duration::from_secs(5),
-            )
-            .unwrap();
-            assert!(p.failed_fast(FAST), "burst datagram {port} to {ip}: {p:?}");
+    for forwarding in ["forwarding on", "forwarding off"] {
+        lab.set_forwarding(forwarding == "forwarding on").unwrap();
+        for (what, addr) in tcp_cases.iter().copied() {
+            let p = probe::tcp(&lab.agent, addr, Duration::from_secs(5)).unwrap();
+            assert!(p.failed_fast(FAST), "{what} ({addr}), {forwarding}: {p:?}");
+            assert_eq!(
+                p.outcome,
+                Outcome::Failed(std::io::ErrorKind::ConnectionRefused),
+                "{what}, {forwarding}: a TCP reset"
+            );
         }
+        let udp_cases = [
+            ("another DNS server over UDP", resolver, dns_query.clone()),
+            (
+                "QUIC to a pool address",
+                SocketAddr::new(IpAddr::V4(synthetic), 443),
+                b"quic".to_vec(),
+            ),
+            ("QUIC direct", web, b"quic".to_vec()),
+            ("UDP over IPv6", web6, b"quic".to_vec()),
+        ];
+        for (what, addr, payload) in udp_cases.iter().cloned() {
+            let p = probe::udp(&lab.agent, addr, payload, Duration::from_secs(5)).unwrap();
+            assert!(p.failed_fast(FAST), "{what} ({addr}), {forwarding}: {p:?}");
+        }
+        // A client retrying (QUIC falls back, resolvers retry): every datagram is rejected at once.
+        for port in 0..12u16 {
+            for ip in [IpAddr::V4(WEB_V4), IpAddr::V6(WEB_V6)] {
+                let p = probe::udp(
+                    &lab.agent,
+                    SocketAddr::new(ip, 4000 + port),
+                    b"again".to_vec(),
+                    Duration::from_secs(5),
+                )
+                .unwrap();
+                assert!(
+                    p.failed_fast(FAST),
+                    "burst datagram {port} to {ip}, {forwarding}: {p:?}"
+                );
+            }
+        }
+        let (ping, took) = probe::ping(&lab.agent, WEB_V4, Duration::from_secs(5)).unwrap();
+        assert_eq!(
+            ping,
+            Ping::Unreachable(13),
+            "ICMP admin-prohibited, {forwarding}"
+        );
+        assert!(took < FAST, "ping, {forwarding}: {took:?}");
     }
-    let (ping, took) = probe::ping(&lab.agent, WEB_V4, Duration::from_secs(5)).unwrap();
-    assert_eq!(ping, Ping::Unreachable(13), "ICMP admin-prohibited");
-    assert!(took < FAST);
 
     for r in &recorders {
         assert!(r.seen().is_empty(), "reached the internet: {:?}", r.seen());
