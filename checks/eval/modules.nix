@@ -370,6 +370,19 @@ in
       2
       false
     ])
+  (eq "firewall: `cell status` asks the daemon over its control socket"
+    (
+      let
+        script = n: (lib.findFirst (p: p.name == n) { text = "absent"; } fw.environment.systemPackages).text;
+      in
+      [
+        (lib.hasInfix "/bin/cell-proxy --control /run/cell-proxy/control" (script "cell-proxy-status"))
+        (lib.hasSuffix "--status\n" (script "cell-proxy-status"))
+      ]
+    ) [
+    true
+    true
+  ])
   (eq "firewall: the host CLI's secrets commands, values on stdin only"
     (
       let

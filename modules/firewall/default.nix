@@ -56,6 +56,13 @@ let
       --secrets-status
   '';
 
+  # What `cell status` and `cell doctor` run over SSH: does the daemon answer,
+  # and what has it in force (JSON; exit 1 when it does not answer).
+  proxyStatus = pkgs.writeShellScriptBin "cell-proxy-status" ''
+    exec ${lib.getExe cfg.package} --control ${lib.escapeShellArg cfg.controlSocket} \
+      --status
+  '';
+
   args = [
     "--policy"
     "/etc/cell/policy.json"
@@ -294,6 +301,7 @@ in
       overlayInstall
       secretsLoad
       secretsStatus
+      proxyStatus
     ];
   };
 }

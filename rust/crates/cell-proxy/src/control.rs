@@ -145,6 +145,9 @@ async fn answer(state: &Arc<State>, line: &[u8]) -> Value {
                 "https": p.https.len(), "tcp": p.tcp.len(), "cidr": p.cidr.len(), "deny": p.deny.len(),
                 "pool": p.dns.synthetic_pool.to_string(),
                 "names": state.table.lock().expect("table lock").len(),
+                "secrets_loaded": state.secrets.loaded_count(),
+                "pid": std::process::id(),
+                "uptime_secs": state.started.elapsed().as_secs(),
             })
         }
         _ => {

@@ -42,7 +42,7 @@ If the daemon stops, its nftables rules stay: the agent's traffic fails closed."
 #[command(version, about, after_help = AFTER_HELP)]
 struct Cli {
     /// Base policy document (JSON, format in docs/policy.md).
-    #[arg(long, env = "CELL_POLICY", value_name = "FILE", required_unless_present_any = ["load_secrets", "secrets_status"])]
+    #[arg(long, env = "CELL_POLICY", value_name = "FILE", required_unless_present_any = ["load_secrets", "secrets_status", "status"])]
     policy: Option<PathBuf>,
 
     /// Live overlay merged over the base (written by `cell allow`); a missing file counts as empty.
@@ -66,11 +66,11 @@ struct Cli {
     print_ruleset: bool,
 
     /// Interface facing the agent; the only one the rules restrict.
-    #[arg(long, value_name = "NAME", required_unless_present_any = ["check", "install_overlay", "load_secrets", "secrets_status"])]
+    #[arg(long, value_name = "NAME", required_unless_present_any = ["check", "install_overlay", "load_secrets", "secrets_status", "status"])]
     agent_iface: Option<String>,
 
     /// The firewall's IPv4 address on the agent link; DNS and the proxies listen here.
-    #[arg(long, value_name = "ADDR", required_unless_present_any = ["check", "install_overlay", "load_secrets", "secrets_status"])]
+    #[arg(long, value_name = "ADDR", required_unless_present_any = ["check", "install_overlay", "load_secrets", "secrets_status", "status"])]
     listen: Option<Ipv4Addr>,
 
     /// The agent's own address on the link (repeatable: its IPv4 and IPv6 addresses).
@@ -168,6 +168,13 @@ struct Cli {
     /// a value) as JSON, asking it on --control, and exit.
     #[arg(long, conflicts_with_all = ["check", "print_ruleset", "install_overlay", "load_secrets"], requires = "control")]
     secrets_status: bool,
+
+    /// Print whether the running daemon answers on --control, and what it has in
+    /// force (entries, names, secrets loaded, its pid and uptime), as JSON; exit 1
+    /// when it does not answer. This is what `cell status` and `cell doctor` run on
+    /// the firewall VM.
+    #[arg(long, conflicts_with_all = ["check", "print_ruleset", "install_overlay", "load_secrets", "secrets_status"], requires = "control")]
+    status: bool,
 
     /// Extra CA certificates (PEM) trusted for upstream servers, besides the system roots. Repeatable.
     #[arg(long, value_name = "FILE")]
@@ -373,6 +380,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         let control = cli.control.as_deref().context("--control is required")?;
         println!("{}", ask(control, br#"{"op":"secrets"}"#)?);
         return Ok(());
+    }
+    if cli.status {
+        let control = cli.control.as_deref().context("--control is required")?;
+        return match ask(control, br#"{"op":"status"}"#) {
+            Ok(v) => {
+                println!("{v}");
+                Ok(())
+            }
+            Err(e) => {
+                // Still one JSON line: the host CLI reads the reason from it.
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": false, "error": format!("{e:#}")})
+                );
+                std::process::exit(1)
+            }
+        };
     }
     if cli.check {
         let policy = Policy::load(cli.policy(), cli.overlay.as_deref())?;

@@ -40,6 +40,8 @@ pub struct State {
     pub secrets: Arc<crate::secrets::Store>,
     /// The spy store, when the daemon keeps one ([`crate::spy`]).
     pub spy: std::sync::OnceLock<Arc<crate::spy::Recorder>>,
+    /// When the daemon started (`{"op":"status"}` reports its uptime).
+    pub started: std::time::Instant,
 }
 
 fn forwarder_for(policy: &Policy) -> Option<Arc<Forwarder>> {
@@ -120,6 +122,7 @@ impl State {
             name_budget: NameBudget::default(),
             secrets: Arc::default(),
             spy: std::sync::OnceLock::new(),
+            started: std::time::Instant::now(),
         }))
     }
 

@@ -492,6 +492,26 @@ pub fn report(root: &Path) -> (String, bool) {
                     });
                 }
             }
+            // A running firewall: does its daemon answer? (Without it the
+            // agent's egress is stopped: the rules stay, nothing passes.)
+            if matches!(recorded(&layout, "firewall"), Recorded::Running(_))
+                && let Ok(meta) = crate::state::Meta::load(&layout)
+                && let Ok(backend) = crate::instance::backend(&meta)
+            {
+                let ssh =
+                    crate::remote::Ssh::new(&layout, backend.ssh_route(&layout.dir, meta.ssh_port));
+                let d = crate::instance::daemon(&ssh);
+                checks.push(Check {
+                    ok: matches!(d, crate::instance::Daemon::Answering(_)),
+                    what: format!("instance `{name}`: cell-proxy answers in the firewall VM"),
+                    fix: match d {
+                        crate::instance::Daemon::Answering(_) => None,
+                        crate::instance::Daemon::Down(why) => Some(format!(
+                            "{why}; the agent's egress is stopped (fail closed). `cell stop --instance {name}` then `cell --instance {name}` restarts the cell; `journalctl -u cell-proxy` in the firewall VM says why it stopped"
+                        )),
+                    },
+                });
+            }
             let running = ["firewall", "agent", "relay"]
                 .iter()
                 .any(|r| matches!(recorded(&layout, r), Recorded::Running(_)));

@@ -311,6 +311,64 @@ pub fn agent_ready(ssh: &Ssh) -> bool {
 }
 
 /// `cell status` text.
+/// What the firewall's daemon says when asked (`cell-proxy-status` over SSH).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Daemon {
+    /// It answers: what it has in force.
+    Answering(serde_json::Value),
+    /// It does not: why (the control socket's error, or ssh's).
+    Down(String),
+}
+
+/// Asks the firewall VM whether cell-proxy answers on its control socket.
+pub fn daemon(ssh: &Ssh) -> Daemon {
+    let out = match ssh.firewall("cell-proxy-status").output() {
+        Ok(o) => o,
+        Err(e) => return Daemon::Down(format!("running ssh: {e}")),
+    };
+    let reply: Option<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok());
+    match reply {
+        Some(v) if out.status.success() && v["ok"] == true => Daemon::Answering(v),
+        Some(v) => Daemon::Down(v["error"].as_str().unwrap_or("it said no").to_string()),
+        None => Daemon::Down(match String::from_utf8_lossy(&out.stderr).trim() {
+            "" => format!("cell-proxy-status exited with {}", out.status),
+            e => e.to_string(),
+        }),
+    }
+}
+
+/// The `daemon` line of `cell status`, with the fix when it is down.
+pub fn render_daemon(d: &Daemon, name: &str) -> String {
+    match d {
+        Daemon::Answering(v) => {
+            let n = |k: &str| v[k].as_u64().unwrap_or(0);
+            let mut line = format!(
+                "  daemon   cell-proxy answering: {} https, {} tcp, {} cidr, {} deny; {} names; {} secrets loaded",
+                n("https"),
+                n("tcp"),
+                n("cidr"),
+                n("deny"),
+                n("names"),
+                n("secrets_loaded"),
+            );
+            if v["pid"].as_u64().is_some_and(|p| p > 0) {
+                line.push_str(&format!(
+                    " (pid {}, up {})",
+                    n("pid"),
+                    humantime::format_duration(Duration::from_secs(n("uptime_secs")))
+                ));
+            }
+            line + "\n"
+        }
+        Daemon::Down(why) => format!(
+            "  daemon   cell-proxy NOT ANSWERING: {why}\n           the agent's egress is stopped (its rules stay in force: fail closed); `cell stop -i {name}` then `cell -i {name}` restarts the cell, and the firewall's log says why (`journalctl -u cell-proxy` in the firewall VM)\n"
+        ),
+    }
+}
+
 pub fn status(layout: &Layout, meta: &Meta) -> String {
     let mut out = format!("instance {} ({})\n", layout.name, layout.dir.display());
     out.push_str(&format!("  backend  {}\n", meta.backend));

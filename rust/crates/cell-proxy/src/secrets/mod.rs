@@ -263,6 +263,12 @@ impl Store {
         out
     }
 
+    /// How many declared secrets have a value.
+    pub fn loaded_count(&self) -> usize {
+        let secrets = self.secrets.read().expect("secrets lock");
+        secrets.iter().filter(|s| s.value.is_some()).count()
+    }
+
     /// What `cell secrets` shows: everything but the value.
     pub fn status(&self) -> Value {
         let secrets = self.secrets.read().expect("secrets lock");

@@ -5,14 +5,29 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use super::{existing, layout, root};
+use super::{existing, layout, root, ssh_for};
 use crate::state::Meta;
 use crate::{backend, doctor, instance};
 
+/// The instance's VMs, and whether the firewall's daemon answers (exit 1
+/// when the firewall runs but cell-proxy does not answer).
 pub(crate) fn status(name: &str) -> anyhow::Result<u8> {
     let (l, meta) = existing(name)?;
     print!("{}", instance::status(&l, &meta));
+    if firewall_running(&l) {
+        let d = instance::daemon(&ssh_for(&l, &meta)?);
+        print!("{}", instance::render_daemon(&d, name));
+        if matches!(d, instance::Daemon::Down(_)) {
+            return Ok(1);
+        }
+    }
     Ok(0)
+}
+
+fn firewall_running(l: &crate::state::Layout) -> bool {
+    instance::running(l)
+        .iter()
+        .any(|(r, rec)| *r == "firewall" && matches!(rec, crate::supervise::Recorded::Running(_)))
 }
 
 pub(crate) fn stop(name: &str, timeout: Duration) -> anyhow::Result<u8> {

@@ -36,11 +36,14 @@ if curl --fail --silent --show-error --noproxy '*' \
 else
   echo "AGENT-NO-CA $(up)"
 fi
-# ICMP to the internet, as root (busybox ping needs a raw socket; the agent
-# user has no ping here): `AGENT-PING START END STATUS`, then its last line.
-s=$(up)
-ping -c 1 -W 5 203.0.113.10 > /tmp/ping.out 2>&1
-r=$?
-echo "AGENT-PING $s $(up) status=$r"
-echo "  $(tail -n 1 /tmp/ping.out)"
+# ICMP to the internet, IPv4 and IPv6, as root (ping needs a raw socket; the
+# agent user has none): `AGENT-PING START END STATUS`, then what ping said
+# (iputils' ping ends at once on an ICMP error: "Packet filtered").
+for v in 4:203.0.113.10 6:2001:db8:2::10; do
+  s=$(up)
+  /usr/bin/ping -"${v%%:*}" -n -c 1 -W 5 "${v#*:}" > /tmp/ping.out 2>&1
+  r=$?
+  echo "AGENT-PING${v%%:*} $s $(up) status=$r"
+  echo "  $(grep -m1 -E 'From|bytes from|ping:' /tmp/ping.out)"
+done
 while true; do sleep 60; done

@@ -19,7 +19,7 @@
 #                         nftables package) with its libraries, and the netfilter modules
 #                         cell-proxy's ruleset needs (nf_tables, nat/redirect, reject, ct,
 #                         limit, log → nfnetlink_log), added to the modules /init loads
-#   OUTDIR/agent-real.cpio.gz     append to base.cpio.gz: curl with its libraries
+#   OUTDIR/agent-real.cpio.gz     append to base.cpio.gz: curl, iputils ping and tracepath, with their libraries
 #   OUTDIR/pack-root.sh   STAGE OUT.cpio.gz [BIN...]: copies each BIN (stripped) to
 #                         STAGE/usr/bin with the shared libraries it links, packs STAGE as /
 #
@@ -42,11 +42,12 @@ if [ -z "$kpkg" ]; then
 fi
 kver=$(apt-cache policy "$kpkg" | awk '/Candidate:/ {print $2}')
 bver=$(apt-cache policy busybox-static | awk '/Candidate:/ {print $2}')
+iver=$(apt-cache policy iputils-ping | awk '/Candidate:/ {print $2}')
 dver=$(apt-cache policy dropbear-bin | awk '/Candidate:/ {print $2}')
 hostver() { dpkg-query -W -f '${Version}' "$1" 2>/dev/null || echo none; }
 real=yes
 command -v nft >/dev/null 2>&1 && command -v curl >/dev/null 2>&1 || real=
-stamp="$kpkg $kver busybox-static $bver dropbear-bin $dver $(sha256sum "$0" | cut -c1-16)"
+stamp="$kpkg $kver busybox-static $bver dropbear-bin $dver iputils $iver $(sha256sum "$0" | cut -c1-16)"
 [ -z "$real" ] || stamp="$stamp nftables $(hostver nftables) curl $(hostver curl)"
 if [ -f "$out/stamp" ] && [ "$(cat "$out/stamp")" = "$stamp" ]; then
   say "cached ($kpkg $kver, busybox $bver, dropbear $dver)"
@@ -63,7 +64,7 @@ say "downloading $kpkg ($kver), busybox-static ($bver) and dropbear-bin ($dver)"
 mkdir debs
 # As root apt drops to _apt for downloads, which cannot write into our directory.
 if ! (cd debs && apt-get download -q -o APT::Sandbox::User=root "$kpkg" busybox-static \
-  dropbear-bin libtomcrypt1 libtommath1 >/dev/null 2>&1); then
+  dropbear-bin libtomcrypt1 libtommath1 iputils-ping iputils-tracepath >/dev/null 2>&1); then
   say "apt-get download failed: is the Debian package index reachable? run apt-get update and try again"
   exit 1
 fi
@@ -72,6 +73,11 @@ mkdir kernel bb db
 dpkg-deb -x debs/"$kpkg"_*.deb kernel
 dpkg-deb -x debs/busybox-static_*.deb bb
 for d in debs/dropbear-bin_*.deb debs/libtomcrypt1_*.deb debs/libtommath1_*.deb; do dpkg-deb -x "$d" db; done
+# iputils' ping and tracepath for the real agent: unlike busybox's they report
+# an ICMP error at once (ping: "Packet filtered"; tracepath: "!H" on a UDP
+# datagram), so the boot test can tell a refusal from a timeout.
+mkdir iputils
+for d in debs/iputils-ping_*.deb debs/iputils-tracepath_*.deb; do dpkg-deb -x "$d" iputils; done
 busybox=$PWD/bb/bin/busybox
 modroot=$(echo kernel/lib/modules/*)
 kname=${modroot##*/}
@@ -205,7 +211,8 @@ if [ -n "$real" ]; then
   # crc32c_generic first: libcrc32c (nf_tables needs it) only names it as a
   # softdep, and its init fails without a crc32c implementation.
   nf=(crc32c_generic nf_tables nfnetlink nf_conntrack nf_nat nft_chain_nat nft_redir nft_reject
-    nft_reject_inet nf_reject_ipv4 nf_reject_ipv6 nft_ct nft_limit nft_log nfnetlink_log)
+    nft_reject_inet nf_reject_ipv4 nf_reject_ipv6 nft_ct nft_limit nft_log nfnetlink_log
+    nft_fib nft_fib_ipv4 nft_fib_ipv6 nft_fib_inet)
   base_order=("${order[@]}")
   order=()
   for m in "${nf[@]}"; do
@@ -229,7 +236,7 @@ if [ -n "$real" ]; then
   cp pack-root.sh result/
   bash result/pack-root.sh fw firewall-real.cpio.gz "$(command -v nft)"
   mkdir ag
-  bash result/pack-root.sh ag agent-real.cpio.gz "$(command -v curl)"
+  bash result/pack-root.sh ag agent-real.cpio.gz "$(command -v curl)" iputils/bin/ping iputils/usr/bin/tracepath
   mv firewall-real.cpio.gz agent-real.cpio.gz result/
   rm result/busybox
 fi

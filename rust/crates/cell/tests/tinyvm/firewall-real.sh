@@ -89,7 +89,12 @@ cat > /usr/bin/cell-secrets-status <<'S'
 #!/bin/sh
 exec /usr/bin/cell-proxy --control /run/cell-proxy/control --secrets-status
 S
-chmod 755 /usr/bin/cell-overlay-install /usr/bin/cell-secrets-load /usr/bin/cell-secrets-status
+cat > /usr/bin/cell-proxy-status <<'S'
+#!/bin/sh
+exec /usr/bin/cell-proxy --control /run/cell-proxy/control --status
+S
+chmod 755 /usr/bin/cell-overlay-install /usr/bin/cell-secrets-load /usr/bin/cell-secrets-status \
+  /usr/bin/cell-proxy-status
 
 echo "FW-BOOTED $(up)"
 # The module's ExecStart (its `args`), RUST_LOG=info as there.

@@ -45,7 +45,13 @@ cat > /usr/bin/cell-secrets-status <<'STATUS'
 if [ -s /tmp/cell-secrets.got ]; then l=true; else l=false; fi
 echo '{"ok":true,"secrets":[{"name":"boot","placeholder":"cell-placeholder-boot","kind":"token","hosts":["api.anthropic.com"],"locations":["header"],"source":"env","loaded":'$l',"uses":0}]}'
 STATUS
-chmod 755 /usr/bin/cell-secrets-load /usr/bin/cell-secrets-status
+# This stand-in runs no cell-proxy; `cell status` asks it anyway and is
+# told so (boot_real.rs checks the real daemon's answer, up and down).
+cat > /usr/bin/cell-proxy-status <<'STATUS'
+#!/bin/sh
+echo '{"ok":true,"https":0,"tcp":0,"cidr":0,"deny":0,"names":0,"secrets_loaded":0,"pid":0,"uptime_secs":0,"note":"the boot test stand-in runs no cell-proxy"}'
+STATUS
+chmod 755 /usr/bin/cell-secrets-load /usr/bin/cell-secrets-status /usr/bin/cell-proxy-status
 # An event line in cell-proxy's format, for `cell blocked` to fetch.
 echo '{"event":"dns","client":"10.89.0.2:41000","name":"evil.example","type":"A","decision":"deny","rcode":"NXDomain","reason":"no-rule","time":"2026-11-24T10:00:01.000Z"}' > /var/log/cell-proxy/events.jsonl
 # …and a denial every second from now on, for `cell blocked --follow`.
