@@ -11,6 +11,7 @@
 //! summarised as far as it goes and says so — never an error.
 
 mod bedrock;
+pub mod html;
 pub mod tui;
 
 use std::fmt::Write as _;
