@@ -193,7 +193,10 @@ Examples:
   cell spy -f                 and follow new ones
   cell spy --json -n 100      one JSON object per exchange
   cell spy --raw -n 1         the last exchange as recorded (sanitized)
-  cell spy --file spy.jsonl   a store written by `cell jail --spy FILE`")]
+  cell spy --file spy.jsonl   a store written by `cell jail --spy FILE`
+  cell spy --tui              browse them (/ search, m and t filter by model or tool, q quits)
+  cell spy --file spy.jsonl --html run.html
+                              that run as a report to open in any browser (no network, no script)")]
     Spy(SpyArgs),
     /// Print the agent VM's SSH public key (add it to a git host as a deploy key).
     Pubkey,
@@ -271,10 +274,12 @@ pub(crate) struct SpyArgs {
     /// Read this spy store file instead of the running cell's.
     #[arg(long, value_name = "FILE")]
     pub(crate) file: Option<PathBuf>,
-    /// How many exchanges to show.
-    #[arg(long, short = 'n', default_value_t = 20)]
-    pub(crate) lines: usize,
-    /// Keep printing new exchanges as they happen.
+    /// How many exchanges to show, the most recent [default: 20; with --tui or --html:
+    /// all the store holds, up to 10000].
+    #[arg(long, short = 'n', value_name = "N")]
+    pub(crate) lines: Option<usize>,
+    /// Keep printing new exchanges as they happen (with --tui: start following, the
+    /// newest selected).
     #[arg(long, short)]
     pub(crate) follow: bool,
     /// One JSON object per exchange (the decoded summary).
@@ -283,6 +288,19 @@ pub(crate) struct SpyArgs {
     /// The exchanges as recorded (bodies included; already sanitized).
     #[arg(long)]
     pub(crate) raw: bool,
+    /// Browse the exchanges in the terminal: the list, the selected one in detail
+    /// (system prompt, what the agent sent, tool results, the model's text, tool calls
+    /// with their arguments), `/` to search, `m` and `t` to filter by model or tool, `f`
+    /// to follow the store as it grows, `q` to quit. New exchanges appear as they are
+    /// recorded.
+    #[arg(long, conflicts_with_all = ["json", "raw"])]
+    pub(crate) tui: bool,
+    /// Write a report of the exchanges to FILE, one self-contained HTML page: totals,
+    /// a chart of tokens and latency over time, the models and tools used, and every
+    /// exchange to expand. It loads nothing and runs no script, so it opens in any
+    /// browser without a network and is safe to share (bodies are escaped).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["follow", "tui", "json", "raw"])]
+    pub(crate) html: Option<PathBuf>,
 }
 
 #[cfg(test)]
