@@ -409,6 +409,52 @@ fn jail_spy_records_the_provider_exchange_and_cell_spy_decodes_it() {
     assert_eq!(v["toolCalls"][0]["name"], "run");
     assert_eq!(v["usage"]["output"], 9);
     assert!(v["firstByteMs"].as_f64().unwrap() < v["durationMs"].as_f64().unwrap());
+
+    // `--spy` without FILE: the store is in the run directory, whose path is
+    // said at the start; it is removed at the end unless --keep.
+    let recording = |stderr: &str| -> std::path::PathBuf {
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with("cell jail: recording into "))
+            .unwrap_or_else(|| panic!("where the store is was not said: {stderr}"));
+        line["cell jail: recording into ".len()..]
+            .split(" (")
+            .next()
+            .unwrap()
+            .into()
+    };
+    for keep in [false, true] {
+        let mut flags = vec!["--secret", "KEY@api.example.test", "--spy"];
+        if keep {
+            flags.push("--keep");
+        }
+        let out = jail_env(
+            &lab,
+            &cell,
+            &proxy,
+            &[("KEY", value)],
+            &flags,
+            &["sh", "-c", &script],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        let store = recording(&stderr);
+        assert_eq!(store.file_name().unwrap(), "spy.jsonl", "{stderr}");
+        if keep {
+            let text = std::fs::read_to_string(&store).expect("kept with --keep");
+            assert!(
+                text.contains("claude-lab-1") && !text.contains(value),
+                "{text}"
+            );
+            std::fs::remove_dir_all(store.parent().unwrap()).unwrap();
+        } else {
+            assert!(
+                stderr.contains("removed at the end: --keep keeps it"),
+                "{stderr}"
+            );
+            assert!(!store.exists(), "{} outlived the jail", store.display());
+        }
+    }
 }
 
 /// Ctrl-C (SIGINT to the foreground process group, as a terminal sends it) and

@@ -337,9 +337,24 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         .arg("--state-dir")
         .arg(dir.path.join("state"));
     if let Some(store) = &args.spy {
-        // cell-proxy may not share our working directory's meaning later:
-        // an absolute path, printed at the end.
-        cmd.arg("--spy").arg(std::path::absolute(store)?);
+        let store = if let Some(file) = store {
+            // cell-proxy may not share our working directory's meaning later.
+            std::path::absolute(file)?
+        } else {
+            let s = dir.path.join("spy.jsonl");
+            eprintln!(
+                "cell jail: recording into {} (`cell spy -f --file {}`){}",
+                s.display(),
+                s.display(),
+                if dir.keep {
+                    ""
+                } else {
+                    "; removed at the end: --keep keeps it"
+                }
+            );
+            s
+        };
+        cmd.arg("--spy").arg(store);
     }
     let control = dir.path.join("control.sock");
     cmd.arg("--control").arg(&control);

@@ -37,6 +37,7 @@ Examples:
   ANTHROPIC_API_KEY=sk-... cell jail --secret ANTHROPIC_API_KEY@api.anthropic.com -- claude
   cell jail --secret-cmd 'GH_TOKEN@api.github.com=gh auth token' -- gh pr list
   cell jail --spy run.jsonl --allow api.anthropic.com -- claude -p hi; cell spy --file run.jsonl
+  cell jail --spy --keep --allow api.anthropic.com -- claude   (the store in the run directory)
 
 The command sees only the firewall: DNS answers for allowed names, HTTPS to them
 (intercepted with a per-run CA that is offered through SSL_CERT_FILE, NIX_SSL_CERT_FILE,
@@ -91,10 +92,12 @@ pub struct Args {
     #[arg(long = "secret-cmd", value_name = "ENV@HOST[,HOST…]=COMMAND")]
     secret_cmd: Vec<String>,
 
-    /// Record every exchange with the allowed HTTPS hosts (--allow, --secret) into FILE, a
-    /// spy store (secrets redacted, bodies capped) that outlives the jail: `cell spy --file FILE`.
-    #[arg(long, value_name = "FILE")]
-    spy: Option<PathBuf>,
+    /// Record every exchange with the allowed HTTPS hosts (--allow, --secret): a spy store
+    /// (secrets redacted, bodies capped) read with `cell spy --file`. Into FILE, which outlives
+    /// the jail; without FILE into the run directory (its path is printed at the start, for
+    /// `cell spy -f --file`), removed at the end unless --keep.
+    #[arg(long, value_name = "FILE", num_args = 0..=1)]
+    spy: Option<Option<PathBuf>>,
 
     /// Keep the run directory (event log, CA, proxy log) and print where it is.
     #[arg(long)]
