@@ -51,6 +51,7 @@ const SECRET_VALUE: &str = "real-secret-value-7b2e90";
 
 const POLICY: &str = r#"{
   https."api.example.test".methods = [ "GET" ];
+  https."llm.example.test".spy = true;
   tcp."git.example.test".ports = [ 22 ];
   deny = [ "evil.example.test" ];
   dns.upstream = [ "192.0.2.53" ];
@@ -330,6 +331,7 @@ fn the_agent_vm_egresses_only_through_the_real_cell_proxy() {
     let records: Vec<(&str, Ipv4Addr)> = vec![
         ("api.example.test", WEB_V4),
         ("other.example.test", WEB_V4),
+        ("llm.example.test", WEB_V4),
         ("git.example.test", WEB_V4),
     ];
     lab.start_resolver(&records).unwrap();
@@ -337,6 +339,7 @@ fn the_agent_vm_egresses_only_through_the_real_cell_proxy() {
         .https_server(&[
             ("api.example.test", CertKind::Valid),
             ("other.example.test", CertKind::Valid),
+            ("llm.example.test", CertKind::Valid),
         ])
         .unwrap();
     let git = lab
@@ -634,6 +637,43 @@ fn the_agent_vm_egresses_only_through_the_real_cell_proxy() {
             );
         }
     }
+
+    // The spy: an exchange with the spy host (a fake Anthropic Messages
+    // stream), recorded by the real daemon, read by `cell spy` over SSH.
+    let body = r#"{"model":"claude-lab-1","max_tokens":64,"system":"Be brief.","stream":true,"messages":[{"role":"user","content":"list the files"}]}"#;
+    let streamed = ok(&host.cell(&[
+        "run",
+        "-i",
+        i,
+        "--",
+        "curl",
+        "-sS",
+        "--max-time",
+        "30",
+        "-H",
+        "content-type: application/json",
+        "-d",
+        body,
+        "https://llm.example.test/v1/messages",
+    ]));
+    assert!(streamed.contains("message_stop"), "{streamed}");
+    let spied = ok(&host.cell(&["spy", "-i", i, "-n", "5"]));
+    for want in [
+        "claude-lab-1",
+        "200 POST /v1/messages",
+        "tokens in 21 out 9",
+        "system     Be brief.",
+        "tool call  run {\"cmd\":\"ls\"}",
+    ] {
+        assert!(spied.contains(want), "{want} not in\n{spied}");
+    }
+    assert!(
+        !spied.contains("api.example.test"),
+        "only the spy host is recorded: {spied}"
+    );
+    let json = ok(&host.cell(&["spy", "-i", i, "-n", "1", "--json"]));
+    let v: serde_json::Value = serde_json::from_str(json.trim()).expect("one JSON line");
+    assert_eq!(v["usage"]["output"], 9, "{json}");
 
     // `cell status` and `cell doctor` ask the real daemon.
     let up = ok(&host.cell(&["status", "-i", i]));

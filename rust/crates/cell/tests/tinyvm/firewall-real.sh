@@ -117,6 +117,10 @@ RUST_LOG=info /usr/bin/cell-proxy \
   --events-max-bytes 16777216 \
   --events-keep 4 \
   --upstream-ca /etc/cell/upstream-ca.pem \
+  --spy /var/lib/cell-proxy/spy.jsonl \
+  --spy-max-bytes 67108864 \
+  --spy-keep 4 \
+  --spy-body-max 1048576 \
   </dev/null >/dev/console 2>&1 &
 echo $! > /run/cell-proxy/pid
 for try in $(seq 1 600); do
