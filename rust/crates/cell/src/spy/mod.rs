@@ -802,6 +802,10 @@ mod tests {
             "openai-json.json",
             "responses-sse.json",
             "responses-json.json",
+            "bedrock-invoke.json",
+            "bedrock-invoke-stream.json",
+            "bedrock-converse.json",
+            "bedrock-converse-stream.json",
         ] {
             out.push_str(&render(&summarize(&fixture(f)), 100));
         }
