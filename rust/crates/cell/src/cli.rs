@@ -200,7 +200,10 @@ Examples:
     Spy(SpyArgs),
     /// Print the agent VM's SSH public key (add it to a git host as a deploy key).
     Pubkey,
-    /// Show the instance's VMs and how to reach them.
+    /// Show the instance's VMs, how to reach them, and whether the firewall's daemon answers.
+    #[command(
+        after_help = "When the firewall VM runs, `cell status` asks its cell-proxy over SSH what it has in force.\nExit status 1 when cell-proxy does not answer: the agent's egress is then stopped (its\nrules stay in force: fail closed), and the line says how to restart the cell."
+    )]
     Status,
     /// Power both VMs off (disks and overlay are kept).
     Stop {

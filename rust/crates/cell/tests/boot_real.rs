@@ -674,6 +674,13 @@ fn the_agent_vm_egresses_only_through_the_real_cell_proxy() {
     let json = ok(&host.cell(&["spy", "-i", i, "-n", "1", "--json"]));
     let v: serde_json::Value = serde_json::from_str(json.trim()).expect("one JSON line");
     assert_eq!(v["usage"]["output"], 9, "{json}");
+    let report = work.path().join("report.html");
+    let wrote = ok(&host.cell(&["spy", "-i", i, "--html", report.to_str().unwrap()]));
+    let html = std::fs::read_to_string(&report).unwrap_or_else(|e| panic!("{e}: {wrote}"));
+    assert!(
+        html.contains("claude-lab-1") && html.contains("<details") && html.contains("<svg"),
+        "{wrote}"
+    );
 
     // `cell status` and `cell doctor` ask the real daemon.
     let up = ok(&host.cell(&["status", "-i", i]));
