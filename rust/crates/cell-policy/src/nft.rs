@@ -158,6 +158,19 @@ fn ct_state(states: &[&'static str]) -> Statement<'static> {
     })
 }
 
+/// Accept IPv6 neighbour solicitations and advertisements (and nothing else).
+fn neighbour_discovery() -> Vec<Statement<'static>> {
+    vec![
+        is(meta(MetaKey::Nfproto), s("ipv6")),
+        is(meta(MetaKey::L4proto), s("ipv6-icmp")),
+        one_of(
+            field("icmpv6", "type"),
+            vec![s("nd-neighbor-solicit"), s("nd-neighbor-advert")],
+        ),
+        accept(),
+    ]
+}
+
 fn accept() -> Statement<'static> {
     Statement::Accept(None)
 }
@@ -290,15 +303,7 @@ pub fn compile(policy: &Policy, params: &FirewallParams) -> Ruleset {
     );
     b.rule(
         "agent_in",
-        vec![
-            is(meta(MetaKey::Nfproto), s("ipv6")),
-            is(meta(MetaKey::L4proto), s("ipv6-icmp")),
-            one_of(
-                field("icmpv6", "type"),
-                vec![s("nd-neighbor-solicit"), s("nd-neighbor-advert")],
-            ),
-            accept(),
-        ],
+        neighbour_discovery(),
         Some("IPv6 neighbour discovery only, so v6 fails fast instead of timing out".into()),
     );
     let listen = || s(params.listen.to_string());
@@ -390,15 +395,7 @@ pub fn compile(policy: &Policy, params: &FirewallParams) -> Ruleset {
     );
     b.rule(
         "agent_route",
-        vec![
-            is(meta(MetaKey::Nfproto), s("ipv6")),
-            is(meta(MetaKey::L4proto), s("ipv6-icmp")),
-            one_of(
-                field("icmpv6", "type"),
-                vec![s("nd-neighbor-solicit"), s("nd-neighbor-advert")],
-            ),
-            accept(),
-        ],
+        neighbour_discovery(),
         Some("neighbour discovery, also to link-local addresses".into()),
     );
     // `fib daddr type`: one flag only, so the JSON (a set in the schema)
