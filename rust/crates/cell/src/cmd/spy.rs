@@ -82,16 +82,13 @@ pub(crate) fn spy(name: &str, args: SpyArgs) -> anyhow::Result<u8> {
     }
     let (l, meta) = existing(name)?;
     let ssh = ssh_for(&l, &meta)?;
-    let out = ssh
-        .firewall(&format!("test -e {STORE} && tail -n {n} {STORE}"))
-        .output()
-        .context("running ssh")?;
-    if !out.status.success() && !follow {
-        eprintln!("{NO_STORE}");
-        return Ok(1);
-    }
-    for ex in crate::spy::exchanges(&String::from_utf8_lossy(&out.stdout), Some(n)) {
-        print_exchange(&ex, form);
+    match remote_last(&ssh, n)? {
+        Some(list) => list.iter().for_each(|ex| print_exchange(ex, form)),
+        None if !follow => {
+            eprintln!("{NO_STORE}");
+            return Ok(1);
+        }
+        None => {}
     }
     if follow {
         let mut child = ssh
@@ -174,16 +171,20 @@ fn stored(
         return Ok(Some((read_file(path, n)?.0, path.display().to_string())));
     }
     let (l, meta) = existing(name)?;
-    let ssh = ssh_for(&l, &meta)?;
+    let list = remote_last(&ssh_for(&l, &meta)?, n)?;
+    Ok(list.map(|list| (list, format!("cell `{name}` (firewall {STORE})"))))
+}
+
+/// The last `n` exchanges of the firewall VM's store; None when it keeps none.
+fn remote_last(ssh: &crate::remote::Ssh, n: usize) -> anyhow::Result<Option<Vec<Value>>> {
     let out = ssh
         .firewall(&format!("test -e {STORE} && tail -n {n} {STORE}"))
         .output()
         .context("running ssh")?;
-    if !out.status.success() {
-        return Ok(None);
-    }
-    let list = crate::spy::exchanges(&String::from_utf8_lossy(&out.stdout), Some(n));
-    Ok(Some((list, format!("cell `{name}` (firewall {STORE})"))))
+    Ok(out
+        .status
+        .success()
+        .then(|| crate::spy::exchanges(&String::from_utf8_lossy(&out.stdout), Some(n))))
 }
 
 /// `--html FILE`: the report, written atomically.

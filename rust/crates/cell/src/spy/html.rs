@@ -1091,12 +1091,7 @@ summary .badge,summary .tok,summary .calls{display:none}.body{padding-left:8px}}
 mod tests {
     use super::*;
 
-    fn fixture(name: &str) -> Value {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/data/spy")
-            .join(name);
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
-    }
+    use crate::spy::fixture;
 
     /// Markup in any field — host, path, model, prompts, tool names and
     /// arguments — comes out as text: no tag the agent wrote survives.

@@ -681,16 +681,19 @@ pub(crate) fn new_messages(ex: &Value, s: &Summary) -> Vec<Message> {
     out
 }
 
+/// A recorded exchange from tests/data/spy (the decoders', the TUI's and the
+/// report's tests share them).
+#[cfg(test)]
+pub(crate) fn fixture(name: &str) -> Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/spy")
+        .join(name);
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn fixture(name: &str) -> Value {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/data/spy")
-            .join(name);
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
-    }
 
     fn golden(name: &str, got: &str) {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -864,10 +864,7 @@ mod tests {
     use ratatui::backend::TestBackend;
 
     fn fixture(name: &str, id: u64, at: &str) -> Value {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/data/spy")
-            .join(name);
-        let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let mut v = crate::spy::fixture(name);
         v["id"] = id.into();
         v["at"] = at.into();
         v
