@@ -135,6 +135,44 @@ impl fmt::Display for SecretsError {
 impl std::error::Error for SecretsError {}
 
 /// The placeholder the agent sees for secret `name` (as `lib/secrets.nix`).
+/// The line that hands values to the daemon (`NAME: value`, or null to
+/// forget one), newline-terminated: `{"op":"secrets-load","values":{…}}` for
+/// the control socket, or, with `as_request` false, just the values object
+/// (what `cell-proxy --load-secrets -` reads on stdin). Built in one zeroized
+/// buffer sized so that it never reallocates: a reallocation would leave a
+/// copy of the values in freed memory.
+pub fn load_line(values: &[(&str, Option<&str>)], as_request: bool) -> zeroize::Zeroizing<Vec<u8>> {
+    use std::collections::BTreeMap;
+    #[derive(Serialize)]
+    struct Load<'a> {
+        op: &'static str,
+        values: BTreeMap<&'a str, Option<&'a str>>,
+    }
+    let map: BTreeMap<&str, Option<&str>> = values.iter().copied().collect();
+    // JSON escapes at most 6 bytes per input byte (\u00XX).
+    let room = 64
+        + values
+            .iter()
+            .map(|(n, v)| 8 + 6 * n.len() + 6 * v.map_or(4, str::len))
+            .sum::<usize>();
+    let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(room));
+    let written = if as_request {
+        serde_json::to_writer(
+            &mut *buf,
+            &Load {
+                op: "secrets-load",
+                values: map,
+            },
+        )
+    } else {
+        serde_json::to_writer(&mut *buf, &map)
+    };
+    written.expect("strings always serialize");
+    buf.push(b'\n');
+    debug_assert!(buf.capacity() == room, "the buffer never reallocates");
+    buf
+}
+
 pub fn placeholder(name: &str) -> String {
     format!("cell-placeholder-{name}")
 }
@@ -330,6 +368,28 @@ impl SecretsDocument {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_load_line_holds_names_and_values_and_never_reallocates() {
+        let tricky = "va\"l\\ue\u{1}";
+        let line = load_line(&[("a", Some(tricky)), ("b", None)], true);
+        assert!(line.ends_with(b"\n"));
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"op": "secrets-load", "values": {"a": tricky, "b": null}})
+        );
+        let bare: serde_json::Value =
+            serde_json::from_slice(&load_line(&[("a", Some("x"))], false)).unwrap();
+        assert_eq!(bare, serde_json::json!({"a": "x"}));
+        // The worst case for escaping: every byte a control character.
+        let worst = "\u{1}".repeat(1000);
+        let line = load_line(&[("w", Some(&worst))], true);
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&line).unwrap()["values"]["w"],
+            serde_json::json!(worst)
+        );
+    }
+
     use super::*;
 
     fn doc(extra: &str) -> String {

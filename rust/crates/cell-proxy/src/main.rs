@@ -334,24 +334,12 @@ fn load_secrets(cli: &Cli, from: &std::path::Path) -> anyhow::Result<()> {
                 e.column()
             )
         })?;
-    #[derive(serde::Serialize)]
-    struct Load<'a> {
-        op: &'static str,
-        values: &'a std::collections::BTreeMap<String, Option<Zeroizing<String>>>,
-    }
-    let room = 64
-        + values
-            .iter()
-            .map(|(n, v)| 8 + 6 * n.len() + 6 * v.as_ref().map_or(4, |v| v.len()))
-            .sum::<usize>();
-    let mut line = Zeroizing::new(Vec::with_capacity(room));
-    serde_json::to_writer(
-        &mut *line,
-        &Load {
-            op: "secrets-load",
-            values: &values,
-        },
-    )?;
+    let borrowed: Vec<(&str, Option<&str>)> = values
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_ref().map(|v| v.as_str())))
+        .collect();
+    let line = cell_policy::secrets::load_line(&borrowed, true);
+    drop(borrowed);
     drop(values);
     let reply = ask(control, &line)?;
     println!("{reply}");

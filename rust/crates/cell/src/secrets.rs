@@ -18,9 +18,8 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail};
-use cell_policy::secrets::SecretsDocument;
+use cell_policy::secrets::{SecretsDocument, load_line};
 use serde_json::Value as Json;
-use zeroize::Zeroizing;
 
 use crate::remote::Ssh;
 use crate::sources;
@@ -44,40 +43,6 @@ pub enum Channel<'a> {
     Vm(&'a Ssh),
     /// The socket itself (`cell jail`).
     Socket(&'a Path),
-}
-
-/// One request line for the daemon, written into a buffer that is zeroized
-/// on drop and never grows (so no copy of a value is left behind by a
-/// reallocation). `values`: name → value, or `None` to unload.
-fn load_line(values: &[(&str, Option<&str>)], as_request: bool) -> Zeroizing<Vec<u8>> {
-    #[derive(serde::Serialize)]
-    struct Load<'a> {
-        op: &'static str,
-        values: std::collections::BTreeMap<&'a str, Option<&'a str>>,
-    }
-    let map: std::collections::BTreeMap<&str, Option<&str>> = values.iter().copied().collect();
-    // JSON escapes at most 6 bytes per input byte (\u00XX).
-    let room = 64
-        + values
-            .iter()
-            .map(|(n, v)| 8 + n.len() + 6 * v.map_or(4, str::len))
-            .sum::<usize>();
-    let mut buf = Zeroizing::new(Vec::with_capacity(room));
-    let written = if as_request {
-        serde_json::to_writer(
-            &mut *buf,
-            &Load {
-                op: "secrets-load",
-                values: map,
-            },
-        )
-    } else {
-        serde_json::to_writer(&mut *buf, &map)
-    };
-    written.expect("strings always serialize");
-    buf.push(b'\n');
-    debug_assert!(buf.capacity() == room, "the buffer never reallocates");
-    buf
 }
 
 fn parse_reply(what: &str, text: &[u8]) -> anyhow::Result<Json> {
@@ -375,27 +340,6 @@ pub fn render(status: &Json, now: SystemTime) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn the_load_line_holds_names_and_values_and_never_reallocates() {
-        let tricky = "va\"l\\ue\u{1}";
-        let line = load_line(&[("a", Some(tricky)), ("b", None)], true);
-        assert!(line.ends_with(b"\n"));
-        let v: Json = serde_json::from_slice(&line).unwrap();
-        assert_eq!(
-            v,
-            json!({"op": "secrets-load", "values": {"a": tricky, "b": null}})
-        );
-        let bare: Json = serde_json::from_slice(&load_line(&[("a", Some("x"))], false)).unwrap();
-        assert_eq!(bare, json!({"a": "x"}));
-        // The worst case for escaping: every byte a control character.
-        let worst = "\u{1}".repeat(1000);
-        let line = load_line(&[("w", Some(&worst))], true);
-        assert_eq!(
-            serde_json::from_slice::<Json>(&line).unwrap()["values"]["w"],
-            json!(worst)
-        );
-    }
 
     #[test]
     fn the_table_shows_state_and_never_a_value() {
