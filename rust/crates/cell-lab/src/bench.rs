@@ -1,26 +1,40 @@
-//! `cell-lab bench`: direct TLS, `cell-proxy` and mitmproxy side by side, in
-//! one run, in the lab. Not a test: it never gates CI. See docs/benchmarks.md.
+//! `cell-lab bench`: direct TLS, `cell-proxy` and its peers (mitmproxy,
+//! squid with ssl-bump, sandbox-runtime's proxy) side by side, in one run,
+//! in the lab. Not a test: it never gates CI. See docs/benchmarks.md.
+//!
+//! Two sections. **Transparent**: the agent's connections are redirected by
+//! nftables (cell-proxy's own rules, or a redirect to mitmproxy); every
+//! measurement, latency and idle memory included. **Explicit**: the client
+//! asks each proxy for a `CONNECT` tunnel, as a program that honours
+//! `HTTPS_PROXY` does; the throughput phases over HTTP/1.1 and HTTP/2.
+//! Every throughput phase runs `reps` times (interleaved) and reports the
+//! median, with the proxy's CPU per request next to it: on a machine where
+//! client, proxy and server share the cores, CPU per request is the fair
+//! figure.
 //!
 //! The client runs on a thread that has entered the agent namespace; every
 //! thread it creates (the tokio workers included) starts there too, so all
 //! its sockets are the agent's.
 
+mod client;
+mod cpu;
+mod peers;
+mod report;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::Path;
-use std::process::{Child, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
+use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
 use crate::Lab;
 use crate::https::CertKind;
-use crate::lab::{AGENT_IFACE, FW_AGENT_V4, WEB_V4};
+use crate::lab::{AGENT_IFACE, EXPLICIT_PORT, FW_AGENT_V4, WEB_V4};
+use client::{NoH2, Phase, Proto, Target};
+
+pub use report::table;
 
 const NAME: &str = "bench.example.test";
 
@@ -33,6 +47,10 @@ pub struct Plan {
     pub bulk_mb: usize,
     pub rate_per_sec: u32,
     pub idle_conns: usize,
+    /// Runs of each throughput phase; the median is reported.
+    pub reps: usize,
+    /// hyperfine runs per command for jail start-up.
+    pub jail_runs: u32,
 }
 
 impl Default for Plan {
@@ -40,103 +58,46 @@ impl Default for Plan {
         Plan {
             phase: Duration::from_secs(3),
             keepalive_conns: 16,
-            new_conn_workers: 8,
+            new_conn_workers: 16,
             bulk_mb: 200,
             rate_per_sec: 200,
             idle_conns: 1000,
+            reps: 3,
+            jail_runs: 30,
         }
     }
 }
 
-/// One target as the client sees it.
-#[derive(Clone)]
-struct Target {
-    label: &'static str,
-    addr: SocketAddr,
-    ca_pem: String,
-    /// A header every request carries (the secret's placeholder).
-    header: Option<(&'static str, &'static str)>,
+/// The peers' programs; a missing one is a column that says why.
+#[derive(Clone, Debug, Default)]
+pub struct Tools {
+    pub mitmdump: Option<PathBuf>,
+    pub squid: Option<PathBuf>,
+    pub node: Option<PathBuf>,
+    /// The installed `@anthropic-ai/sandbox-runtime` package directory.
+    pub srt_pkg: Option<PathBuf>,
+    pub hyperfine: Option<PathBuf>,
+    /// The `cell` binary, for `cell jail` start-up.
+    pub cell: Option<PathBuf>,
+    /// Peers the installer could not provide, and why (`squid`, `srt`,
+    /// `mitmproxy`, `hyperfine`, `cell`).
+    pub unavailable: Vec<(String, String)>,
+}
+
+impl Tools {
+    fn missing(&self, peer: &str, flag: &str) -> String {
+        self.unavailable
+            .iter()
+            .find(|(p, _)| p == peer)
+            .map(|(_, why)| format!("not installed: {why}"))
+            .unwrap_or_else(|| format!("not run: {flag} not given"))
+    }
 }
 
 /// The secret of the injection phase: what the agent sends, and the value
 /// the proxy puts in its place (never the agent's).
 const PLACEHOLDER: &str = "cell-placeholder-bench";
 const SECRET_VALUE: &str = "sk-bench-3f9a1c7e5b2d4086a1e9c3b7d5f20486";
-
-type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
-
-fn connector(ca_pem: &str) -> anyhow::Result<tokio_rustls::TlsConnector> {
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(c?)?;
-    }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(cfg)))
-}
-
-async fn tls(t: &Target, c: &tokio_rustls::TlsConnector) -> anyhow::Result<Tls> {
-    let tcp = tokio::net::TcpStream::connect(t.addr).await?;
-    tcp.set_nodelay(true)?;
-    Ok(
-        c.connect(rustls_pki_types::ServerName::try_from(NAME)?, tcp)
-            .await?,
-    )
-}
-
-type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
-
-async fn http1(stream: Tls) -> anyhow::Result<Sender> {
-    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    Ok(send)
-}
-
-/// One GET (with `t`'s header, if any); returns the body length.
-async fn get(send: &mut Sender, path: &str, t: &Target) -> anyhow::Result<u64> {
-    send.ready().await?;
-    let mut req = http::Request::get(path).header("host", NAME);
-    if let Some((name, value)) = t.header {
-        req = req.header(name, value);
-    }
-    let req = req.body(Empty::new())?;
-    let resp = send.send_request(req).await?;
-    if !resp.status().is_success() {
-        // The proxy says why in the body (and X-Cell-Deny-Reason): keep it.
-        let status = resp.status();
-        let reason = resp
-            .headers()
-            .get("x-cell-deny-reason")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let text = String::from_utf8_lossy(&body[..body.len().min(1024)]).into_owned();
-        bail!(
-            "GET {path}: status {status}{}: {}",
-            reason.map(|r| format!(" ({r})")).unwrap_or_default(),
-            text.trim()
-        );
-    }
-    let mut body = resp.into_body();
-    let mut n = 0u64;
-    while let Some(frame) = body.frame().await {
-        if let Ok(d) = frame?.into_data() {
-            n += d.len() as u64;
-        }
-    }
-    Ok(n)
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -146,69 +107,94 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
-/// All client-side measurements for one target.
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+fn round(x: Option<f64>, digits: i32) -> Value {
+    let f = 10f64.powi(digits);
+    x.map(|x| json!((x * f).round() / f)).unwrap_or(Value::Null)
+}
+
+/// The throughput phases, `plan.reps` times each (interleaved), medians and
+/// the proxy's CPU per request (connection, MB).
+async fn throughput(t: &Target, plan: &Plan, cpu: client::CpuProbe<'_>) -> anyhow::Result<Value> {
+    let c = client::connector(&t.ca_pem, t.proto)?;
+    let (mut ka, mut nc, mut bk): (Vec<Phase>, Vec<Phase>, Vec<Phase>) = Default::default();
+    for rep in 1..=plan.reps {
+        eprintln!(
+            "  {} ({}), run {rep}/{}: keep-alive requests/s, new connections/s, bulk",
+            t.label,
+            t.proto.label(),
+            plan.reps
+        );
+        ka.push(
+            client::keepalive(t, &c, plan, cpu)
+                .await
+                .context("keep-alive phase")?,
+        );
+        nc.push(
+            client::new_conns(t, &c, plan, cpu)
+                .await
+                .context("new-connections phase")?,
+        );
+        bk.push(client::bulk(t, &c, plan, cpu).await.context("bulk phase")?);
+    }
+    let rate = |v: &[Phase]| median(v.iter().map(|p| p.rate).collect());
+    let per = |v: &[Phase], scale: f64| {
+        median(
+            v.iter()
+                .filter_map(|p| p.cpu_per().map(|c| c * scale))
+                .collect(),
+        )
+    };
+    let runs: Vec<Value> = (0..plan.reps)
+        .map(|i| {
+            json!({
+                "requests_per_sec": round(Some(ka[i].rate), 0),
+                "keepalive_requests": ka[i].served,
+                "keepalive_cpu_s": round(ka[i].cpu_s, 2),
+                "new_connections_per_sec": round(Some(nc[i].rate), 0),
+                "new_connections": nc[i].served,
+                "new_connections_cpu_s": round(nc[i].cpu_s, 2),
+                "bulk_mb_per_sec": round(Some(bk[i].rate), 1),
+                "bulk_cpu_s": round(bk[i].cpu_s, 2),
+            })
+        })
+        .collect();
+    Ok(json!({
+        "target": t.label,
+        "proto": t.proto.label(),
+        "requests_per_sec": round(rate(&ka), 0),
+        "cpu_us_per_request": round(per(&ka, 1e6), 1),
+        "new_connections_per_sec": round(rate(&nc), 0),
+        "cpu_ms_per_new_connection": round(per(&nc, 1e3), 3),
+        "bulk_mb_per_sec": round(rate(&bk), 1),
+        "cpu_ms_per_mb": round(per(&bk, 1e3), 2),
+        "runs": runs,
+    }))
+}
+
+/// Everything for one transparent target: throughput (with CPU), latency
+/// at a fixed rate, a stream's first byte, memory with idle connections.
 async fn measure(
     t: &Target,
     plan: &Plan,
+    cpu: client::CpuProbe<'_>,
     rss: &(dyn Fn() -> Option<u64> + Sync),
 ) -> anyhow::Result<Value> {
-    let c = connector(&t.ca_pem)?;
-    eprintln!("  {}: keep-alive requests/s", t.label);
-    // Connect first; the clock starts when every connection is ready.
-    let mut senders = Vec::new();
-    for _ in 0..plan.keepalive_conns {
-        senders.push(http1(tls(t, &c).await?).await?);
-    }
-    let done = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let deadline = start + plan.phase;
-    let mut tasks = Vec::new();
-    for mut send in senders {
-        let (done, t) = (done.clone(), t.clone());
-        tasks.push(tokio::spawn(async move {
-            while Instant::now() < deadline {
-                if get(&mut send, "/echo", &t).await.is_err() {
-                    break;
-                }
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-    }
-    for task in tasks {
-        task.await?;
-    }
-    let rps = done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
-
-    eprintln!("  {}: new TLS connections/s", t.label);
-    let done = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + plan.phase;
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..plan.new_conn_workers {
-        let (t, c, done) = (t.clone(), c.clone(), done.clone());
-        tasks.push(tokio::spawn(async move {
-            while Instant::now() < deadline {
-                let Ok(stream) = tls(&t, &c).await else { break };
-                let Ok(mut send) = http1(stream).await else {
-                    break;
-                };
-                if get(&mut send, "/echo", &t).await.is_err() {
-                    break;
-                }
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-    }
-    for task in tasks {
-        task.await?;
-    }
-    let cps = done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
-
-    eprintln!("  {}: bulk download", t.label);
-    let mut send = http1(tls(t, &c).await?).await?;
-    let start = Instant::now();
-    let bytes = get(&mut send, &format!("/big?mb={}", plan.bulk_mb), t).await?;
-    let mbps = bytes as f64 / 1e6 / start.elapsed().as_secs_f64();
+    let mut out = throughput(t, plan, cpu).await?;
+    let c = client::connector(&t.ca_pem, t.proto)?;
 
     eprintln!("  {}: latency at {} requests/s", t.label, plan.rate_per_sec);
     let conns = 4usize;
@@ -216,7 +202,7 @@ async fn measure(
     let per_conn = plan.rate_per_sec as f64 / conns as f64;
     let mut senders = Vec::new();
     for _ in 0..conns {
-        senders.push(http1(tls(t, &c).await?).await?);
+        senders.push(client::connect(t, &c).await?);
     }
     for mut send in senders {
         let (phase, t) = (plan.phase, t.clone());
@@ -228,17 +214,15 @@ async fn measure(
             while Instant::now() < end {
                 tick.tick().await;
                 let s = Instant::now();
-                if get(&mut send, "/echo", &t).await.is_err() {
-                    break;
-                }
+                client::get(&mut send, "/echo", &t).await?;
                 lat.push(s.elapsed());
             }
-            lat
+            anyhow::Ok(lat)
         }));
     }
     let mut lat = Vec::new();
     for task in tasks {
-        lat.extend(task.await?);
+        lat.extend(task.await?.context("latency phase")?);
     }
     lat.sort();
 
@@ -249,16 +233,17 @@ async fn measure(
     eprintln!("  {}: time to first byte of a stream", t.label);
     let mut ttfb = Vec::new();
     for _ in 0..20 {
-        let mut send = http1(tls(t, &c).await?).await?;
-        send.ready().await?;
-        let mut req = http::Request::get("/sse").header("host", NAME);
-        if let Some((name, value)) = t.header {
-            req = req.header(name, value);
-        }
+        let mut send = client::connect(t, &c).await?;
+        let req = client::request(&send, "/sse", t)?;
         let s = Instant::now();
-        let resp = send.send_request(req.body(Empty::new())?).await?;
+        let resp = tokio::time::timeout(Duration::from_secs(10), client::send(&mut send, req))
+            .await
+            .context("stream: no answer within 10 s")??;
         let mut body = resp.into_body();
-        while let Some(frame) = body.frame().await {
+        while let Some(frame) = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .context("stream: no first byte within 10 s")?
+        {
             if frame?.data_ref().is_some_and(|d| !d.is_empty()) {
                 break;
             }
@@ -271,35 +256,48 @@ async fn measure(
     let before = rss();
     let mut idle = Vec::new();
     for _ in 0..plan.idle_conns {
-        let mut send = http1(tls(t, &c).await?).await?;
-        get(&mut send, "/echo", t).await?;
+        let mut send = client::connect(t, &c).await?;
+        client::get(&mut send, "/echo", t)
+            .await
+            .context("idle-connections phase")?;
         idle.push(send);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let held = rss();
     drop(idle);
 
-    Ok(json!({
-        "target": t.label,
-        "requests_per_sec": rps.round(),
-        "new_connections_per_sec": cps.round(),
-        "bulk_mb_per_sec": (mbps * 10.0).round() / 10.0,
-        "latency_ms_p50": (percentile(&lat, 0.50) * 1000.0).round() / 1000.0,
-        "latency_ms_p99": (percentile(&lat, 0.99) * 1000.0).round() / 1000.0,
-        "latency_samples": lat.len(),
-        "stream_first_byte_ms_p50": (percentile(&ttfb, 0.50) * 1000.0).round() / 1000.0,
-        "stream_first_byte_ms_p99": (percentile(&ttfb, 0.99) * 1000.0).round() / 1000.0,
-        "rss_mb_before_idle": before.map(|b| (b as f64 / 1048576.0 * 10.0).round() / 10.0),
-        "rss_mb_with_idle": held.map(|b| (b as f64 / 1048576.0 * 10.0).round() / 10.0),
-    }))
+    let mb = |b: Option<u64>| round(b.map(|b| b as f64 / 1048576.0), 1);
+    let o = out.as_object_mut().context("throughput result")?;
+    o.insert(
+        "latency_ms_p50".into(),
+        round(Some(percentile(&lat, 0.50)), 3),
+    );
+    o.insert(
+        "latency_ms_p99".into(),
+        round(Some(percentile(&lat, 0.99)), 3),
+    );
+    o.insert("latency_samples".into(), json!(lat.len()));
+    o.insert(
+        "stream_first_byte_ms_p50".into(),
+        round(Some(percentile(&ttfb, 0.50)), 3),
+    );
+    o.insert(
+        "stream_first_byte_ms_p99".into(),
+        round(Some(percentile(&ttfb, 0.99)), 3),
+    );
+    o.insert("rss_mb_before_idle".into(), mb(before));
+    o.insert("rss_mb_with_idle".into(), mb(held));
+    Ok(out)
 }
 
-/// Runs the client for `t` inside the agent namespace.
-fn measure_in_agent(
+/// Runs the client for `t` inside the agent namespace: everything
+/// (`full`) or the throughput phases only.
+fn in_agent(
     lab: &Lab,
     t: Target,
     plan: &Plan,
-    rss_of: Option<u32>,
+    pid: Option<u32>,
+    full: bool,
 ) -> anyhow::Result<Value> {
     let plan = plan.clone();
     lab.agent.run(move || -> anyhow::Result<Value> {
@@ -307,21 +305,16 @@ fn measure_in_agent(
             .worker_threads(1)
             .enable_all()
             .build()?;
-        let rss = move || rss_of.and_then(process_rss);
-        rt.block_on(measure(&t, &plan, &rss))
+        let cpu = move || pid.and_then(cpu::tree_cpu_secs);
+        let rss = move || pid.and_then(cpu::tree_rss);
+        rt.block_on(async {
+            if full {
+                measure(&t, &plan, &cpu, &rss).await
+            } else {
+                throughput(&t, &plan, &cpu).await
+            }
+        })
     })?
-}
-
-fn process_rss(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
 }
 
 fn raise_fd_limit() -> anyhow::Result<()> {
@@ -331,43 +324,129 @@ fn raise_fd_limit() -> anyhow::Result<()> {
     Ok(())
 }
 
-struct Mitm(Child);
+/// A row that is not a number, and why.
+fn not_run(label: &str, proto: Option<Proto>, why: &str) -> Value {
+    json!({"target": label, "proto": proto.map(Proto::label), "na": why})
+}
 
-impl Drop for Mitm {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+/// The explicit-proxy rows of one peer: HTTP/1.1 and HTTP/2. An HTTP/2
+/// client the peer does not serve is "n/a"; a failed phase keeps the lab's
+/// directory and says where.
+fn explicit_rows(lab: &mut Lab, t: &Target, plan: &Plan, pid: Option<u32>, rows: &mut Vec<Value>) {
+    for proto in [Proto::H1, Proto::H2] {
+        let t = Target { proto, ..t.clone() };
+        eprintln!("{} (explicit proxy, {})", t.label, proto.label());
+        match in_agent(lab, t.clone(), plan, pid, false) {
+            Ok(r) => rows.push(r),
+            Err(e) => {
+                if let Some(no) = e.chain().find_map(|c| c.downcast_ref::<NoH2>()) {
+                    eprintln!("  n/a: {no}");
+                    rows.push(not_run(&t.label, Some(proto), &no.to_string()));
+                } else {
+                    lab.keep();
+                    let why = format!("failed: {e:#} (logs kept in {})", lab.dir.display());
+                    eprintln!("  {why}");
+                    rows.push(not_run(&t.label, Some(proto), &why));
+                }
+            }
+        }
     }
 }
 
-const MITM_ADDON: &str = r#"
-from mitmproxy import http
+fn first_line(program: &Path, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .ok()?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    text.lines().next().map(|l| l.trim().to_string())
+}
 
-ALLOWED = {"bench.example.test"}
+fn machine() -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, m)| m.trim().to_string());
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        })
+        .map(|kb| (kb / 1048576.0 * 10.0).round() / 10.0);
+    json!({
+        "cpu": model,
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).ok(),
+        "memory_gib": mem_gib,
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").ok().map(|s| s.trim().to_string()),
+        "loadavg_at_start": std::fs::read_to_string("/proc/loadavg").ok().map(|s| s.trim().to_string()),
+    })
+}
 
-def request(flow: http.HTTPFlow) -> None:
-    # The same allowlist cell-proxy enforces: the host, on every request.
-    if flow.request.pretty_host not in ALLOWED:
-        flow.response = http.Response.make(403, b"denied\n")
-"#;
+fn now_utc() -> Option<String> {
+    first_line(Path::new("date"), &["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+}
+
+fn delete_cell_tables(lab: &Lab) -> anyhow::Result<()> {
+    for family in ["inet", "netdev"] {
+        lab.firewall
+            .exec("nft", &["delete", "table", family, "cell"])?;
+    }
+    Ok(())
+}
 
 /// Runs the whole comparison; returns the JSON results.
-pub fn run(proxy_bin: &Path, mitmdump: Option<&Path>, plan: &Plan) -> anyhow::Result<Value> {
+pub fn run(proxy_bin: &Path, tools: &Tools, plan: &Plan) -> anyhow::Result<Value> {
     raise_fd_limit()?;
+    let started = now_utc();
+    let machine = machine();
     let mut lab = Lab::new()?;
     lab.start_resolver(&[(NAME, WEB_V4)])?;
     let _web = lab.https_server(&[(NAME, CertKind::Valid)])?;
+    let _hosts = peers::NetnsHosts::new(&lab)?;
     let direct_addr = SocketAddr::new(IpAddr::V4(WEB_V4), 443);
-    let mut results = Vec::new();
+    let mut transparent = Vec::new();
+    let mut explicit = Vec::new();
+    let kept = |lab: &mut Lab, e: anyhow::Error, phase: &str| {
+        // The proxy's log and events say why; a partial run is no result.
+        lab.keep();
+        e.context(format!(
+            "{phase} failed; the lab's logs and events are kept in {}",
+            lab.dir.display()
+        ))
+    };
 
     eprintln!("direct TLS (no proxy)");
     let direct = Target {
-        label: "direct",
+        label: "direct".into(),
         addr: direct_addr,
+        explicit: false,
         ca_pem: lab.internet_ca.pem.clone(),
         header: None,
+        proto: Proto::H1,
     };
-    results.push(measure_in_agent(&lab, direct, plan, None)?);
+    match in_agent(&lab, direct.clone(), plan, None, true) {
+        Ok(r) => transparent.push(r),
+        Err(e) => return Err(kept(&mut lab, e, "direct")),
+    }
+    eprintln!("direct TLS (no proxy), h2");
+    match in_agent(
+        &lab,
+        Target {
+            proto: Proto::H2,
+            ..direct.clone()
+        },
+        plan,
+        None,
+        false,
+    ) {
+        Ok(r) => explicit.push(r),
+        Err(e) => return Err(kept(&mut lab, e, "direct h2")),
+    }
 
     eprintln!("cell-proxy");
     let policy = lab.dir.join("bench-policy.json");
@@ -377,30 +456,39 @@ pub fn run(proxy_bin: &Path, mitmdump: Option<&Path>, plan: &Plan) -> anyhow::Re
     )?;
     lab.start_proxy(proxy_bin, &policy, None)?;
     let ip = synthetic_address(&lab)?;
+    let cell_ca = lab.cell_ca_pem()?;
     let cell = Target {
-        label: "cell-proxy",
+        label: "cell-proxy".into(),
         addr: SocketAddr::new(IpAddr::V4(ip), 443),
-        ca_pem: lab.cell_ca_pem()?,
+        explicit: false,
+        ca_pem: cell_ca.clone(),
         header: None,
+        proto: Proto::H1,
     };
     let pid = lab.proxy_pid();
-    let kept = |lab: &mut Lab, e: anyhow::Error, phase: &str| {
-        // The proxy's log and events say why; a partial run is no result.
-        lab.keep();
-        e.context(format!(
-            "{phase} phase failed; its log and events are kept in {}",
-            lab.dir.display()
-        ))
-    };
-    match measure_in_agent(&lab, cell, plan, pid) {
-        Ok(r) => results.push(r),
-        Err(e) => return Err(kept(&mut lab, e, "cell-proxy")),
+    match in_agent(&lab, cell, plan, pid, true) {
+        Ok(r) => transparent.push(r),
+        Err(e) => return Err(kept(&mut lab, e, "cell-proxy (transparent)")),
+    }
+    // The same daemon on its explicit port: CONNECT, then the same
+    // interception as a redirected connection.
+    for proto in [Proto::H1, Proto::H2] {
+        eprintln!("cell-proxy (explicit proxy, {})", proto.label());
+        let t = Target {
+            label: "cell-proxy".into(),
+            addr: SocketAddr::new(IpAddr::V4(FW_AGENT_V4), EXPLICIT_PORT),
+            explicit: true,
+            ca_pem: cell_ca.clone(),
+            header: None,
+            proto,
+        };
+        match in_agent(&lab, t, plan, pid, false) {
+            Ok(r) => explicit.push(r),
+            Err(e) => return Err(kept(&mut lab, e, "cell-proxy (explicit)")),
+        }
     }
     lab.stop_proxy();
-    for family in ["inet", "netdev"] {
-        lab.firewall
-            .exec("nft", &["delete", "table", family, "cell"])?;
-    }
+    delete_cell_tables(&lab)?;
 
     // The same with a secret: every request carries its placeholder in
     // `authorization`, which the proxy replaces by the value; every request
@@ -442,14 +530,16 @@ pub fn run(proxy_bin: &Path, mitmdump: Option<&Path>, plan: &Plan) -> anyhow::Re
     // A new daemon: its own synthetic address for the name, asked again.
     let ip = synthetic_address(&lab)?;
     let injected = Target {
-        label: "cell-proxy+secret+spy",
+        label: "cell-proxy+secret+spy".into(),
         addr: SocketAddr::new(IpAddr::V4(ip), 443),
+        explicit: false,
         ca_pem: lab.cell_ca_pem()?,
         header: Some(("authorization", "Bearer cell-placeholder-bench")),
+        proto: Proto::H1,
     };
     let pid = lab.proxy_pid();
-    match measure_in_agent(&lab, injected, plan, pid) {
-        Ok(r) => results.push(r),
+    match in_agent(&lab, injected, plan, pid, true) {
+        Ok(r) => transparent.push(r),
         Err(e) => return Err(kept(&mut lab, e, "cell-proxy+secret+spy")),
     }
     let status = lab.control(r#"{"op":"secrets"}"#)?;
@@ -470,90 +560,243 @@ pub fn run(proxy_bin: &Path, mitmdump: Option<&Path>, plan: &Plan) -> anyhow::Re
         "  the spy recorded {recorded} exchanges (more may have been dropped by its bounded queue)"
     );
     lab.stop_proxy();
-    for family in ["inet", "netdev"] {
-        lab.firewall
-            .exec("nft", &["delete", "table", family, "cell"])?;
+    delete_cell_tables(&lab)?;
+
+    let explicit_target = |label: &str, port: u16, ca_pem: String| Target {
+        label: label.into(),
+        addr: peers::addr(port),
+        explicit: true,
+        ca_pem,
+        header: None,
+        proto: Proto::H1,
+    };
+
+    // squid with ssl-bump.
+    match &tools.squid {
+        None => {
+            for p in [Proto::H1, Proto::H2] {
+                explicit.push(not_run(
+                    "squid",
+                    Some(p),
+                    &tools.missing("squid", "--squid"),
+                ));
+            }
+        }
+        Some(bin) => {
+            eprintln!("squid (ssl-bump)");
+            match peers::squid(&lab, bin) {
+                Ok((running, ca)) => {
+                    let t = explicit_target("squid", peers::SQUID_PORT, ca);
+                    explicit_rows(&mut lab, &t, plan, Some(running.pid()), &mut explicit);
+                    drop(running);
+                }
+                Err(e) => {
+                    lab.keep();
+                    let why = format!("did not start: {e:#} (logs kept in {})", lab.dir.display());
+                    eprintln!("  {why}");
+                    for p in [Proto::H1, Proto::H2] {
+                        explicit.push(not_run("squid", Some(p), &why));
+                    }
+                }
+            }
+        }
     }
 
-    if let Some(mitmdump) = mitmdump {
-        eprintln!("mitmproxy (transparent)");
-        let conf = lab.dir.join("mitm");
-        std::fs::create_dir_all(&conf)?;
-        let addon = lab.dir.join("allowlist.py");
-        std::fs::write(&addon, MITM_ADDON)?;
-        let log = std::fs::File::create(lab.dir.join("mitm.log"))?;
-        let child = lab
-            .firewall
-            .command(mitmdump)
-            .args([
-                "--mode",
-                "transparent",
-                "--listen-host",
-                &FW_AGENT_V4.to_string(),
-                "--listen-port",
-                "8080",
-                "-q",
-            ])
-            .arg("--set")
-            .arg(format!("confdir={}", conf.display()))
-            .arg("--set")
-            .arg(format!(
-                "ssl_verify_upstream_trusted_ca={}",
-                lab.dir.join("internet-ca.pem").display()
-            ))
-            .arg("-s")
-            .arg(&addon)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("starting mitmdump")?;
-        let mitm = Mitm(child);
-        lab.firewall.exec("nft", &["add", "table", "ip", "mitm"])?;
-        lab.firewall.exec(
-            "nft",
-            &["add chain ip mitm pre { type nat hook prerouting priority dstnat; }"],
-        )?;
-        lab.firewall.exec(
-            "nft",
-            &[
-                "add",
-                "rule",
-                "ip",
-                "mitm",
-                "pre",
-                "iifname",
-                AGENT_IFACE,
-                "tcp",
-                "dport",
-                "443",
-                "redirect",
-                "to",
-                ":8080",
-            ],
-        )?;
-        let ca = conf.join("mitmproxy-ca-cert.pem");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !(ca.exists() && port_open(&lab, 8080)) {
-            if Instant::now() > deadline {
-                bail!(
-                    "mitmdump did not start: {}",
-                    std::fs::read_to_string(lab.dir.join("mitm.log")).unwrap_or_default()
-                );
+    // sandbox-runtime: its proxy as a sandboxed command uses it (tunnel),
+    // and its proxy-only mode (TLS termination, external decider).
+    match (&tools.node, &tools.srt_pkg) {
+        (Some(node), Some(pkg)) => {
+            eprintln!("srt (tunnel)");
+            match peers::srt_tunnel(&lab, node, pkg) {
+                Ok(running) => {
+                    // A tunnel: the client verifies the upstream itself.
+                    let t = explicit_target(
+                        "srt (tunnel)",
+                        peers::SRT_TUNNEL_PORT,
+                        lab.internet_ca.pem.clone(),
+                    );
+                    explicit_rows(&mut lab, &t, plan, Some(running.pid()), &mut explicit);
+                    drop(running);
+                }
+                Err(e) => {
+                    lab.keep();
+                    let why = format!("did not start: {e:#} (logs kept in {})", lab.dir.display());
+                    for p in [Proto::H1, Proto::H2] {
+                        explicit.push(not_run("srt (tunnel)", Some(p), &why));
+                    }
+                }
             }
-            std::thread::sleep(Duration::from_millis(100));
+            eprintln!("srt proxy (TLS termination)");
+            match peers::srt_tls(&lab, node, pkg) {
+                Ok((running, ca)) => {
+                    let t = explicit_target("srt proxy (TLS termination)", peers::SRT_TLS_PORT, ca);
+                    explicit_rows(&mut lab, &t, plan, Some(running.pid()), &mut explicit);
+                    drop(running);
+                }
+                Err(e) => {
+                    lab.keep();
+                    let why = format!("did not start: {e:#} (logs kept in {})", lab.dir.display());
+                    for p in [Proto::H1, Proto::H2] {
+                        explicit.push(not_run("srt proxy (TLS termination)", Some(p), &why));
+                    }
+                }
+            }
         }
-        let target = Target {
-            label: "mitmproxy",
-            addr: direct_addr,
-            ca_pem: std::fs::read_to_string(&ca)?,
-            header: None,
-        };
-        // `ip netns exec` execs mitmdump, so the child's pid is mitmdump's.
-        let pid = Some(mitm.0.id());
-        results.push(measure_in_agent(&lab, target, plan, pid)?);
-        drop(mitm);
+        _ => {
+            let why = tools.missing("srt", "--node and --srt");
+            for label in ["srt (tunnel)", "srt proxy (TLS termination)"] {
+                for p in [Proto::H1, Proto::H2] {
+                    explicit.push(not_run(label, Some(p), &why));
+                }
+            }
+        }
     }
-    Ok(Value::Array(results))
+
+    // mitmproxy: transparent (nftables redirect) and explicit, one process.
+    match &tools.mitmdump {
+        None => {
+            let why = tools.missing("mitmproxy", "--mitmdump");
+            transparent.push(not_run("mitmproxy", Some(Proto::H1), &why));
+            for p in [Proto::H1, Proto::H2] {
+                explicit.push(not_run("mitmproxy", Some(p), &why));
+            }
+        }
+        Some(bin) => {
+            eprintln!("mitmproxy");
+            match peers::mitm(&lab, bin) {
+                Ok((running, ca)) => {
+                    redirect_to(&lab, peers::MITM_TRANSPARENT_PORT)?;
+                    let t = Target {
+                        label: "mitmproxy".into(),
+                        addr: direct_addr,
+                        explicit: false,
+                        ca_pem: ca.clone(),
+                        header: None,
+                        proto: Proto::H1,
+                    };
+                    eprintln!("mitmproxy (transparent)");
+                    match in_agent(&lab, t, plan, Some(running.pid()), true) {
+                        Ok(r) => transparent.push(r),
+                        Err(e) => {
+                            lab.keep();
+                            let why = format!("failed: {e:#} (logs kept in {})", lab.dir.display());
+                            transparent.push(not_run("mitmproxy", Some(Proto::H1), &why));
+                        }
+                    }
+                    lab.firewall
+                        .exec("nft", &["delete", "table", "ip", "mitm"])?;
+                    let t = explicit_target("mitmproxy", peers::MITM_EXPLICIT_PORT, ca);
+                    explicit_rows(&mut lab, &t, plan, Some(running.pid()), &mut explicit);
+                    drop(running);
+                }
+                Err(e) => {
+                    lab.keep();
+                    let why = format!("did not start: {e:#} (logs kept in {})", lab.dir.display());
+                    transparent.push(not_run("mitmproxy", Some(Proto::H1), &why));
+                    for p in [Proto::H1, Proto::H2] {
+                        explicit.push(not_run("mitmproxy", Some(p), &why));
+                    }
+                }
+            }
+        }
+    }
+
+    // Jail start-up: srt running `true` beside `cell jail … -- true`.
+    let srt_bin = tools
+        .srt_pkg
+        .as_ref()
+        .map(|p| p.join("dist/cli.js"))
+        .filter(|p| p.exists());
+    let jail = match (&tools.hyperfine, &srt_bin, &tools.cell, &tools.node) {
+        (Some(h), Some(srt), Some(cell), Some(_)) => {
+            eprintln!("jail start-up (hyperfine, {} runs each)", plan.jail_runs);
+            match peers::jail_startup(&lab, h, srt, cell, plan.jail_runs) {
+                Ok(v) => v,
+                Err(e) => {
+                    lab.keep();
+                    json!({"na": format!("failed: {e:#} (logs kept in {})", lab.dir.display())})
+                }
+            }
+        }
+        (None, ..) => json!({"na": tools.missing("hyperfine", "--hyperfine")}),
+        (_, None, ..) => json!({"na": tools.missing("srt", "--srt")}),
+        (_, _, None, _) => json!({"na": tools.missing("cell", "--cell")}),
+        (.., None) => json!({"na": tools.missing("srt", "--node")}),
+    };
+
+    let version =
+        |bin: &Option<PathBuf>, args: &[&str]| bin.as_deref().and_then(|b| first_line(b, args));
+    let srt_version = tools.srt_pkg.as_ref().and_then(|p| {
+        let v: Value =
+            serde_json::from_str(&std::fs::read_to_string(p.join("package.json")).ok()?).ok()?;
+        v["version"].as_str().map(str::to_string)
+    });
+    // Every failed or unstartable peer kept the lab's directory and said so.
+    let logs_kept_in = [&transparent, &explicit]
+        .iter()
+        .flat_map(|rows| rows.iter())
+        .chain(std::iter::once(&jail))
+        .any(|r| r["na"].as_str().is_some_and(|s| s.contains("logs kept in")))
+        .then(|| lab.dir.display().to_string());
+    let mut machine = machine;
+    machine["loadavg_at_end"] = json!(
+        std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .map(|s| s.trim().to_string())
+    );
+    Ok(json!({
+        "started": started,
+        "finished": now_utc(),
+        "machine": machine,
+        "versions": {
+            "squid": version(&tools.squid, &["-v"]),
+            "node": version(&tools.node, &["--version"]),
+            "sandbox-runtime": srt_version,
+            "mitmproxy": version(&tools.mitmdump, &["--version"]),
+            "hyperfine": version(&tools.hyperfine, &["--version"]),
+        },
+        "plan": {
+            "phase_secs": plan.phase.as_secs_f64(),
+            "keepalive_connections": plan.keepalive_conns,
+            "new_connection_workers": plan.new_conn_workers,
+            "bulk_mib": plan.bulk_mb,
+            "latency_rate_per_sec": plan.rate_per_sec,
+            "idle_connections": plan.idle_conns,
+            "runs_per_phase": plan.reps,
+        },
+        "transparent": transparent,
+        "explicit": explicit,
+        "jail_startup": jail,
+        "logs_kept_in": logs_kept_in,
+    }))
+}
+
+/// Redirects the agent's TCP to port 443 to `port` in the firewall namespace.
+fn redirect_to(lab: &Lab, port: u16) -> anyhow::Result<()> {
+    lab.firewall.exec("nft", &["add", "table", "ip", "mitm"])?;
+    lab.firewall.exec(
+        "nft",
+        &["add chain ip mitm pre { type nat hook prerouting priority dstnat; }"],
+    )?;
+    lab.firewall.exec(
+        "nft",
+        &[
+            "add",
+            "rule",
+            "ip",
+            "mitm",
+            "pre",
+            "iifname",
+            AGENT_IFACE,
+            "tcp",
+            "dport",
+            "443",
+            "redirect",
+            "to",
+            &format!(":{port}"),
+        ],
+    )?;
+    Ok(())
 }
 
 /// The address the running daemon hands the agent for the bench host.
@@ -568,61 +811,4 @@ fn synthetic_address(lab: &Lab) -> anyhow::Result<Ipv4Addr> {
     Ok(*crate::probe::a_records(&m)
         .first()
         .context("no synthetic address")?)
-}
-
-fn port_open(lab: &Lab, port: u16) -> bool {
-    lab.firewall
-        .exec("ss", &["-Hltn", &format!("sport = :{port}")])
-        .map(|o| !o.stdout.is_empty())
-        .unwrap_or(false)
-}
-
-/// A Markdown table of the results, with the ratios the targets ask for.
-pub fn table(results: &Value) -> String {
-    let rows = results.as_array().cloned().unwrap_or_default();
-    let get = |label: &str, key: &str| -> Option<f64> {
-        rows.iter()
-            .find(|r| r["target"] == label)
-            .and_then(|r| r[key].as_f64())
-    };
-    let mut out = String::from(
-        "| target | requests/s (keep-alive) | new TLS connections/s | bulk MB/s | p50 ms | p99 ms | stream first byte p50 ms | RSS MB (1,000 idle) |\n|---|---|---|---|---|---|---|---|\n",
-    );
-    for r in &rows {
-        out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
-            r["target"].as_str().unwrap_or("?"),
-            r["requests_per_sec"],
-            r["new_connections_per_sec"],
-            r["bulk_mb_per_sec"],
-            r["latency_ms_p50"],
-            r["latency_ms_p99"],
-            r["stream_first_byte_ms_p50"],
-            r["rss_mb_with_idle"],
-        ));
-    }
-    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => format!("{:.1}×", a / b),
-        _ => "n/a".into(),
-    };
-    let diff = |a: Option<f64>, b: Option<f64>| match (a, b) {
-        (Some(a), Some(b)) => format!("{:+.3} ms", a - b),
-        _ => "n/a".into(),
-    };
-    out.push_str(&format!(
-        "\nsecret injection and spy recording (cell-proxy+secret+spy vs cell-proxy): added latency p50 {}, p99 {}; stream first byte {}; requests/s {}\n",
-        diff(get("cell-proxy+secret+spy", "latency_ms_p50"), get("cell-proxy", "latency_ms_p50")),
-        diff(get("cell-proxy+secret+spy", "latency_ms_p99"), get("cell-proxy", "latency_ms_p99")),
-        diff(get("cell-proxy+secret+spy", "stream_first_byte_ms_p50"), get("cell-proxy", "stream_first_byte_ms_p50")),
-        ratio(get("cell-proxy+secret+spy", "requests_per_sec"), get("cell-proxy", "requests_per_sec")),
-    ));
-    out.push_str(&format!(
-        "\ncell-proxy vs mitmproxy: requests/s {}, new connections/s {}; bulk vs direct: {}; added latency p50 {}, p99 {}\n",
-        ratio(get("cell-proxy", "requests_per_sec"), get("mitmproxy", "requests_per_sec")),
-        ratio(get("cell-proxy", "new_connections_per_sec"), get("mitmproxy", "new_connections_per_sec")),
-        ratio(get("cell-proxy", "bulk_mb_per_sec"), get("direct", "bulk_mb_per_sec")),
-        diff(get("cell-proxy", "latency_ms_p50"), get("direct", "latency_ms_p50")),
-        diff(get("cell-proxy", "latency_ms_p99"), get("direct", "latency_ms_p99")),
-    ));
-    out
 }

@@ -50,7 +50,7 @@ enum Command {
     Up(ProxyArgs),
     /// Remove lab namespaces whose process is gone.
     Gc,
-    /// Benchmark: direct TLS, cell-proxy and mitmproxy side by side (not a test).
+    /// Benchmark: direct TLS, cell-proxy, mitmproxy, squid and srt side by side (not a test).
     Bench(BenchArgs),
 }
 
@@ -59,12 +59,33 @@ struct BenchArgs {
     /// The cell-proxy binary (default: next to this one). Use a release build.
     #[arg(long, value_name = "PATH")]
     proxy: Option<PathBuf>,
-    /// mitmdump from mitmproxy; without it the mitmproxy column is skipped.
+    /// mitmdump from mitmproxy; without it the mitmproxy column says why.
     #[arg(long, value_name = "PATH")]
     mitmdump: Option<PathBuf>,
+    /// squid built with OpenSSL (Debian's squid-openssl), run with a generated ssl-bump config.
+    #[arg(long, value_name = "PATH")]
+    squid: Option<PathBuf>,
+    /// node, to run sandbox-runtime's proxy.
+    #[arg(long, value_name = "PATH")]
+    node: Option<PathBuf>,
+    /// The installed @anthropic-ai/sandbox-runtime package directory (its package.json's).
+    #[arg(long, value_name = "DIR")]
+    srt: Option<PathBuf>,
+    /// hyperfine, for jail start-up (srt vs cell jail).
+    #[arg(long, value_name = "PATH")]
+    hyperfine: Option<PathBuf>,
+    /// The cell binary, for `cell jail` start-up. Use a release build.
+    #[arg(long, value_name = "PATH")]
+    cell: Option<PathBuf>,
+    /// A peer the installer could not provide, and why: `squid=apt-get failed`. Repeatable.
+    #[arg(long, value_name = "PEER=REASON")]
+    unavailable: Vec<String>,
     /// Seconds per throughput phase.
     #[arg(long, default_value_t = 3)]
     phase_secs: u64,
+    /// Runs of each throughput phase; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
     /// Where to write the results as JSON.
     #[arg(long, value_name = "FILE", default_value = "bench-proxy.json")]
     output: PathBuf,
@@ -175,9 +196,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .proxy()?;
             let plan = cell_lab::bench::Plan {
                 phase: Duration::from_secs(args.phase_secs),
+                reps: args.runs.max(1),
                 ..Default::default()
             };
-            let results = cell_lab::bench::run(&proxy, args.mitmdump.as_deref(), &plan)?;
+            let unavailable = args
+                .unavailable
+                .iter()
+                .map(|u| {
+                    u.split_once('=')
+                        .map(|(p, r)| (p.to_string(), r.to_string()))
+                        .with_context(|| format!("--unavailable {u}: expected PEER=REASON"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            // Absolute paths: the peers start with other working directories.
+            let abs = |p: Option<PathBuf>| -> anyhow::Result<Option<PathBuf>> {
+                p.map(|p| std::fs::canonicalize(&p).with_context(|| format!("{}", p.display())))
+                    .transpose()
+            };
+            let tools = cell_lab::bench::Tools {
+                mitmdump: abs(args.mitmdump)?,
+                squid: abs(args.squid)?,
+                node: abs(args.node)?,
+                srt_pkg: abs(args.srt)?,
+                hyperfine: abs(args.hyperfine)?,
+                cell: abs(args.cell)?,
+                unavailable,
+            };
+            let results = cell_lab::bench::run(&proxy, &tools, &plan)?;
             std::fs::write(&args.output, serde_json::to_string_pretty(&results)? + "\n")?;
             println!("{}", cell_lab::bench::table(&results));
             println!("results: {}", args.output.display());
