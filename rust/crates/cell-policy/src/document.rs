@@ -34,6 +34,10 @@ pub struct PolicyDocument {
     pub dns: DnsSettings,
     #[serde(default)]
     pub limits: Limits,
+    /// What `cell jail` lets the command read and write. Only `cell jail`
+    /// enforces it; see [`FilesystemSection`].
+    #[serde(default, skip_serializing_if = "FilesystemSection::is_empty")]
+    pub filesystem: FilesystemSection,
 }
 
 impl Default for PolicyDocument {
@@ -46,7 +50,76 @@ impl Default for PolicyDocument {
             deny: Vec::new(),
             dns: DnsSettings::default(),
             limits: Limits::default(),
+            filesystem: FilesystemSection::default(),
         }
+    }
+}
+
+/// The `filesystem` section: what `cell jail` lets the command read and
+/// write, over its defaults (the host read-only, the current directory
+/// read-write, a private `/tmp`, credential locations unreadable).
+///
+/// Security rule: only `cell jail` enforces this section (Landlock and a mount
+/// namespace, in the jail's exec helper). `cell-proxy` parses and validates it,
+/// so one document serves the jail and the VM, and otherwise ignores it: in
+/// the VM the agent's filesystem is its own machine and the host's is out of
+/// its reach whatever this says. The live overlay cannot carry it (an unknown
+/// field there is refused), so nothing changes a running jail's filesystem.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FilesystemSection {
+    /// Readable (and executable), whatever the defaults deny: `--allow-read`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_read: Vec<FsPath>,
+    /// Readable and writable: `--allow-write`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_write: Vec<FsPath>,
+    /// Neither readable nor writable, also inside an allowed tree: `--deny-read`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny_read: Vec<FsPath>,
+}
+
+impl FilesystemSection {
+    pub fn is_empty(&self) -> bool {
+        self.allow_read.is_empty() && self.allow_write.is_empty() && self.deny_read.is_empty()
+    }
+}
+
+/// A path in the `filesystem` section: absolute, `~` or `~/…` (the home
+/// directory of the user running `cell jail`), or relative to the directory
+/// `cell jail` starts in. Refused when parsed: empty, a NUL byte, `~user/…`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct FsPath(String);
+
+impl FsPath {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for FsPath {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        if s.is_empty() {
+            return Err("an empty path; write an absolute path, `~/…` or a relative one".into());
+        }
+        if s.contains('\0') {
+            return Err("a path with a NUL byte cannot name a file".into());
+        }
+        if s.starts_with('~') && s != "~" && !s.starts_with("~/") {
+            return Err(format!(
+                "`{s}`: only `~/…` (your own home) is expanded; write the absolute path"
+            ));
+        }
+        Ok(FsPath(s))
+    }
+}
+
+impl From<FsPath> for String {
+    fn from(p: FsPath) -> String {
+        p.0
     }
 }
 
@@ -303,4 +376,38 @@ impl Default for Limits {
 
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The section parses with its camelCase names, is strict about unknown
+    /// fields and bad paths, and an absent section serialises to nothing (so
+    /// documents without it are unchanged).
+    #[test]
+    fn filesystem_section_parses_strictly() {
+        let doc: PolicyDocument = serde_json::from_str(
+            r#"{"filesystem":{"allowRead":["~/.ssh/known_hosts"],"allowWrite":["/var/cache/x","build"],"denyRead":["~"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(doc.filesystem.allow_read[0].as_str(), "~/.ssh/known_hosts");
+        assert_eq!(doc.filesystem.allow_write.len(), 2);
+        assert_eq!(doc.filesystem.deny_read[0].as_str(), "~");
+        for bad in [
+            r#"{"filesystem":{"allowReads":["/x"]}}"#,
+            r#"{"filesystem":{"allowRead":[""]}}"#,
+            r#"{"filesystem":{"denyRead":["~bob/.ssh"]}}"#,
+            r#"{"filesystem":{"denyRead":["/a\u0000b"]}}"#,
+        ] {
+            assert!(
+                serde_json::from_str::<PolicyDocument>(bad).is_err(),
+                "{bad}"
+            );
+        }
+        let plain = serde_json::to_value(PolicyDocument::default()).unwrap();
+        assert!(plain.get("filesystem").is_none(), "{plain}");
+        let overlay = serde_json::from_str::<OverlayDocument>(r#"{"filesystem":{}}"#);
+        assert!(overlay.is_err(), "the overlay cannot change the filesystem");
+    }
 }
