@@ -233,7 +233,7 @@ Examples:
     )]
     Completions { shell: clap_complete::Shell },
     /// Run a command behind the cell firewall, in network namespaces (Linux, root; no VM).
-    Jail(jail::Args),
+    Jail(Box<jail::Args>),
     /// (internal) The macOS link relay between two unixgram sockets.
     #[command(hide = true)]
     Relay(relay::Args),

@@ -13,7 +13,13 @@ const LINUX: [&str; 2] = ["x86_64-unknown-linux-gnu", "aarch64-unknown-linux-gnu
 
 /// Crates that only compile on Linux: the workspace's namespace and netfilter
 /// crates (setns, netlink, SO_ORIGINAL_DST) and the Linux kernel bindings.
-const LINUX_ONLY: [&str; 4] = ["cell-netns", "cell-proxy", "cell-lab", "linux-raw-sys"];
+const LINUX_ONLY: [&str; 5] = [
+    "cell-netns",
+    "cell-proxy",
+    "cell-lab",
+    "linux-raw-sys",
+    "landlock",
+];
 /// Name prefixes of Linux-only crates (the kernel's netlink protocol).
 const LINUX_ONLY_PREFIXES: [&str; 2] = ["netlink-", "rtnetlink"];
 
@@ -164,7 +170,7 @@ fn linux_only_code_sits_behind_one_cfg_boundary() {
     assert_eq!(
         misplaced,
         Vec::<String>::new(),
-        "Linux-only APIs outside a `linux` module: move them into one (see src/jail/linux.rs)"
+        "Linux-only APIs outside a `linux` module: move them into one (see src/jail/linux/)"
     );
     assert!(
         linux_modules > 0,

@@ -54,7 +54,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<u8> {
             clap_complete::generate(shell, &mut Cli::command(), "cell", &mut std::io::stdout());
             Ok(0)
         }
-        Some(Command::Jail(args)) => match jail::run(args) {
+        Some(Command::Jail(args)) => match jail::run(*args) {
             Ok(code) => Ok(code),
             Err(e) => {
                 eprintln!("cell jail: {e:#}");

@@ -39,13 +39,36 @@ Examples:
   cell jail --spy run.jsonl --allow api.anthropic.com -- claude -p hi; cell spy --file run.jsonl
   cell jail --spy --keep --allow api.anthropic.com -- claude   (the store in the run directory)
 
+  cell jail --allow-write ~/.cache/pip --deny-read .env -- pip install -r requirements.txt
+  cell jail --allow-read ~/.kube/config --allow-tcp k8s.example.com:6443 -- kubectl get pods
+
 The command sees only the firewall: DNS answers for allowed names, HTTPS to them
 (intercepted with a per-run CA that is offered through SSL_CERT_FILE, NIX_SSL_CERT_FILE,
 NODE_EXTRA_CA_CERTS, REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE and GIT_SSL_CAINFO), and
 the TCP ports you allowed. Anything else fails at once with a reason.
 Exit status: the command's; 125 when the jail itself could not be set up.
-Linux only; needs root (network namespaces, nftables). Isolation is a shared kernel:
-for an agent that may try to escape, and on macOS, use the VM (`cell`).
+
+Files: the command reads the host's files but writes only the current directory and a
+private /tmp and /dev/shm (empty, gone at the end), and cannot read where credentials live:
+~/.ssh, ~/.aws, ~/.config/gcloud, ~/.azure, ~/.kube, ~/.docker/config.json, ~/.netrc, ~/.gnupg,
+~/.password-store, keyrings, browser profiles, shell histories, tokens of gh, git, npm, cargo,
+pypi (docs/policy.md lists them), nor cell's run directory or spy store. /dev offers only null,
+zero, full, random, urandom, tty and ptys. --allow-read, --allow-write and --deny-read PATH (and
+the policy's `filesystem` section) change that: the most specific path wins, a flag beats a
+default. A denied access fails with EACCES or EPERM; names in a denied directory can still be
+listed. Enforced by Landlock (rules set in the child just before exec) and a private mount
+namespace (the private /tmp; read-only binds where Landlock cannot say it); the command also
+loses the capabilities that reach around them (modules, raw I/O, mounts, BPF, ptrace, mknod).
+Whatever this kernel cannot enforce is said at the start, and so is whether denials can be
+reported as `fs` events (that needs Landlock audit, Linux 6.15, with the kernel's audit on, read
+as root); nothing unenforced is pretended.
+
+What the jail protects: the network (only the firewall, as in the VM) and files (above).
+What only the VM protects: the kernel itself (one kernel bug, or a root command's remaining
+powers, reaches the host), the host's processes (visible in /proc; signals and ptrace are
+refused), and on kernels before Linux 7.1 the host's UNIX sockets (D-Bus, docker, ssh-agent),
+which Landlock cannot refuse there. Linux only; needs root (network namespaces, nftables).
+For an agent that may try to escape, and on macOS, use the VM (`cell`).
 
 Secrets: with --secret ENV@HOST the command's ENV holds `cell-placeholder-<env>` (lowercase),
 never the value; cell-proxy puts the value in its place in request headers to HOST only, which
@@ -98,6 +121,26 @@ pub struct Args {
     /// `cell spy -f --file`), removed at the end unless --keep.
     #[arg(long, value_name = "FILE", num_args = 0..=1)]
     spy: Option<Option<PathBuf>>,
+
+    /// Let the command read (and execute) PATH, also where a default denies it
+    /// (`--allow-read ~/.ssh/known_hosts`). Repeatable.
+    #[arg(long = "allow-read", value_name = "PATH")]
+    allow_read: Vec<PathBuf>,
+
+    /// Let the command read and write PATH (default: only the current directory and the
+    /// private /tmp). Repeatable.
+    #[arg(long = "allow-write", value_name = "PATH")]
+    allow_write: Vec<PathBuf>,
+
+    /// Refuse the command reading or writing PATH, also inside an allowed tree
+    /// (`--deny-read .env`). Repeatable.
+    #[arg(long = "deny-read", value_name = "PATH")]
+    deny_read: Vec<PathBuf>,
+
+    /// The jail's exec helper (internal): sets up the filesystem confinement
+    /// described in SPEC, then executes the command.
+    #[arg(long = "fs-exec", value_name = "SPEC", hide = true)]
+    fs_exec: Option<PathBuf>,
 
     /// Keep the run directory (event log, CA, proxy log) and print where it is.
     #[arg(long)]

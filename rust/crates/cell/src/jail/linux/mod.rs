@@ -14,6 +14,10 @@ use anyhow::{Context, bail};
 use cell_netns::{Netns, sh};
 
 use super::{Args, JAIL_FAILED};
+
+mod audit;
+mod confine;
+mod files;
 use crate::signals::{Signals, unblocked};
 use serde_json::{Value, json};
 
@@ -200,12 +204,68 @@ fn secret_specs(args: &Args) -> anyhow::Result<cell_policy::secrets::SecretsDocu
     Ok(doc)
 }
 
+/// The user's filesystem rules: the policy's `filesystem` section, then the flags.
+fn fs_rules(args: &Args, base: &Value) -> anyhow::Result<Vec<files::UserRule>> {
+    use files::{Access, UserRule};
+    let section: cell_policy::document::FilesystemSection = match base.get("filesystem") {
+        Some(v) => serde_json::from_value(v.clone()).context("the policy's `filesystem`")?,
+        None => Default::default(),
+    };
+    let mut out = Vec::new();
+    for (paths, access, from) in [
+        (
+            &section.allow_read,
+            Access::Read,
+            "policy filesystem.allowRead",
+        ),
+        (
+            &section.allow_write,
+            Access::Write,
+            "policy filesystem.allowWrite",
+        ),
+        (
+            &section.deny_read,
+            Access::Deny,
+            "policy filesystem.denyRead",
+        ),
+    ] {
+        out.extend(paths.iter().map(|p| UserRule {
+            path: p.as_str().to_string(),
+            access,
+            from,
+        }));
+    }
+    for (paths, access, from) in [
+        (&args.allow_read, Access::Read, "--allow-read"),
+        (&args.allow_write, Access::Write, "--allow-write"),
+        (&args.deny_read, Access::Deny, "--deny-read"),
+    ] {
+        for p in paths {
+            let path = p
+                .to_str()
+                .with_context(|| format!("{from} {}: not UTF-8", p.display()))?;
+            if path.is_empty() {
+                bail!("{from}: name a path");
+            }
+            out.push(UserRule {
+                path: path.to_string(),
+                access,
+                from,
+            });
+        }
+    }
+    Ok(out)
+}
+
 fn write(path: &Path, text: &str) -> anyhow::Result<()> {
     fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Sets up the jail, runs the command, tears everything down; returns the command's status.
 pub fn run(args: Args) -> anyhow::Result<u8> {
+    if let Some(spec) = &args.fs_exec {
+        return confine::exec(spec, &args.command);
+    }
     if !nix::unistd::geteuid().is_root() {
         bail!("cell jail needs root (network namespaces and nftables); run it with sudo");
     }
@@ -263,6 +323,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             "`cidr` entries cannot be routed by cell jail (its firewall has no uplink); remove them or use the VM"
         );
     }
+    let user_fs = fs_rules(&args, &base)?;
 
     // Namespaces and the link between them.
     let agent = Netns::create(&format!("cell-jail-{id}-agent"))?;
@@ -409,16 +470,61 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     .find_map(|p| fs::read_to_string(p).ok())
     .unwrap_or_default();
     pem.push_str(&fs::read_to_string(&cell_ca).context("reading the cell CA")?);
+    // What the command may read of the run directory (the rest is denied to it).
+    let public = dir.path.join("pub");
+    fs::DirBuilder::new().mode(0o755).create(&public)?;
+    let bundle = public.join(bundle.file_name().expect("a file name"));
     write(&bundle, &pem)?;
-    for f in [&bundle, &cell_ca] {
+    let cell_ca_pub = public.join("ca.crt");
+    fs::copy(&cell_ca, &cell_ca_pub).context("copying the cell CA")?;
+    for f in [&bundle, &cell_ca_pub] {
         fs::set_permissions(f, fs::Permissions::from_mode(0o644))?;
     }
+    let cell_ca = cell_ca_pub;
+
+    // The filesystem: planned here, enforced by the exec helper in the child.
+    let spy_file = match &args.spy {
+        Some(Some(f)) => Some(std::path::absolute(f)?),
+        _ => None,
+    };
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from);
+    let root = nix::unistd::geteuid().is_root();
+    let env = |v: &str| std::env::var(v).ok();
+    let host = files::Host {
+        cwd: std::env::current_dir().context("the current directory")?,
+        other_homes: files::other_homes(root, home.as_deref()),
+        home,
+        root,
+        run_dir: &dir.path,
+        public: &public,
+        spy: spy_file.as_deref(),
+        env: &env,
+    };
+    let spec = files::plan(&host, &user_fs)?;
+    let spec_path = dir.path.join("fs.json");
+    spec.write(&spec_path)?;
+    let observer = match audit::Observer::start(events.clone(), spec.clone()) {
+        Ok(o) => Some(o),
+        Err(why) => {
+            eprintln!("cell jail: denied file accesses are not reported: {why}");
+            None
+        }
+    };
 
     // The command. Ctrl-C reaches it through the terminal; we stay to clean up.
     let mut child = Command::new("ip");
     child
         .args(["netns", "exec", agent.name()])
+        .arg(std::env::current_exe().context("finding cell itself")?)
+        .args(["jail", "--fs-exec"])
+        .arg(&spec_path)
+        .arg("--")
         .args(&args.command);
+    if spec.private.iter().any(|p| p == Path::new("/tmp")) {
+        child.env("TMPDIR", "/tmp");
+    }
     for var in [
         "SSL_CERT_FILE",
         "NIX_SSL_CERT_FILE",
@@ -443,7 +549,11 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         .spawn()
         .context("starting the command")?;
     signals.child.store(child.id() as i32, Ordering::SeqCst);
+    if let Some(o) = &observer {
+        o.pid.store(child.id() as i32, Ordering::SeqCst);
+    }
     let status = child.wait()?;
+    drop(observer);
     let _ = std::io::stderr().flush();
     drop(proxy);
     drop(etc);

@@ -1,0 +1,665 @@
+//! The jail's exec helper: `cell jail --fs-exec SPEC -- CMD`, run inside the
+//! agent network namespace in place of the command. It confines the
+//! filesystem as [`Spec`] says, then executes the command in its own process
+//! (same pid), so nothing of it stays around.
+//!
+//! A helper process rather than a `pre_exec` closure: cell is multithreaded
+//! when it starts the command, and building Landlock rules (directory
+//! listings, allocations) is not async-signal-safe between fork and exec.
+//!
+//! In order:
+//! 1. **Mount namespace** (private, so nothing propagates to the host): an
+//!    empty tmpfs on `/tmp` and `/dev/shm`; the host paths under them the
+//!    command is allowed (a current directory in `/tmp`, the CA bundle)
+//!    bound back in; and inside every writable tree, what Landlock cannot
+//!    keep apart (below).
+//! 2. **Capabilities**: the ones that reach around file permissions and
+//!    Landlock (modules, raw I/O, mounts and BPF, ptrace, mknod, reading
+//!    by file handle) leave the bounding set, so a root command never gets them.
+//! 3. **Landlock** (best effort, [`TARGET`] as the newest ABI asked for):
+//!    every access right handled, rules compiled from the spec (below), the
+//!    process scoped for signals and abstract sockets, audit logging of denials
+//!    kept on after exec; `no_new_privs` set.
+//!
+//! Security rule — "deny under an allowed tree" with an allow-list. Landlock
+//! grants a right to a whole hierarchy and cannot take it back below, so:
+//!
+//! - Under a **read-only** tree (the default: `$HOME` holding `.ssh`) the
+//!   tree is *split*: a directory on the way to a rule gets only the right
+//!   to list itself, each of its existing children the tree's full rights
+//!   unless it is itself on the way, and so on down to the rule. The denied
+//!   path gets nothing: EACCES, whichever way it is reached. Symlinks among
+//!   the children get no rule (what they point to is judged where it lives);
+//!   a file that appears in a split directory later gets nothing either
+//!   (unreadable: failing closed, and no loss, as nothing there is writable).
+//! - Under a **writable** tree a split would leave new files in the split
+//!   directories unwritable (`--deny-read .env` would break `npm install`),
+//!   so the mount namespace does it: a denied file is covered by `/dev/null`
+//!   on a read-only `nodev` mount (every open fails, EACCES), a denied
+//!   directory by an empty read-only tmpfs (its files are not there); a
+//!   read-only path is bound onto itself read-only (EROFS), since creating,
+//!   removing or renaming entries beneath a writable directory is not
+//!   something Landlock can refuse further down. Without a mount namespace
+//!   Landlock splits the writable tree after all, and that cost is reported.
+//!
+//! Overmounting everywhere was not chosen: it answers ENOENT or empty
+//! content rather than EACCES, needs a mount namespace that the rootless
+//! jail may not have, and Landlock judges the file itself, however it is
+//! reached; a mount covers one path.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::{CString, OsString};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use landlock::{
+    ABI, Access as _, AccessFs, BitFlags, LandlockStatus, PathBeneath, Ruleset, RulesetAttr,
+    RulesetCreated, RulesetCreatedAttr, RulesetStatus, Scope,
+};
+
+use super::files::{Access, Spec};
+
+/// The newest Landlock ABI this code asks for (and was reviewed against).
+/// Older kernels enforce what they can; what they cannot is reported.
+const TARGET: ABI = ABI::V9;
+
+/// Runs the command confined as the spec at `spec_path` says; returns only
+/// when the command could not be executed.
+pub(super) fn exec(spec_path: &Path, command: &[String]) -> anyhow::Result<u8> {
+    let spec = Spec::read(spec_path)?;
+    let mut not_enforced = Vec::new();
+    let absorbed = mounts(&spec)?;
+    drop_capabilities();
+    landlock(&spec, absorbed.as_ref(), &mut not_enforced)?;
+    if absorbed.is_none() && !spec.private.is_empty() {
+        not_enforced.push(format!(
+            "a private {} (no mount namespace here): the command writes the host's",
+            list(&spec.private)
+        ));
+    }
+    if !not_enforced.is_empty() {
+        eprintln!(
+            "cell jail: not enforced on this kernel: {}",
+            not_enforced.join("; ")
+        );
+    }
+    std::env::set_current_dir(&spec.cwd)
+        .with_context(|| format!("entering {}", spec.cwd.display()))?;
+    let err = std::process::Command::new(&command[0])
+        .args(&command[1..])
+        .exec();
+    eprintln!("cell jail: {}: {err}", command[0]);
+    Ok(if err.kind() == std::io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    })
+}
+
+fn list(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(" and ")
+}
+
+// ---------------------------------------------------------------------------
+// 1. The mount namespace
+
+/// Sets up the command's mount namespace. Returns the rule paths the mounts
+/// enforce (Landlock leaves them to the enclosing rule), or `None` when the
+/// kernel or the privileges here allow no mount namespace (nothing changed).
+fn mounts(spec: &Spec) -> anyhow::Result<Option<HashSet<PathBuf>>> {
+    // SAFETY: plain syscalls on this (single-threaded) process.
+    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+        return Ok(None);
+    }
+    mount(
+        None::<&str>,
+        "/",
+        None,
+        libc::MS_REC | libc::MS_PRIVATE,
+        None,
+    )
+    .context("making the jail's mounts private")?;
+    let private = |p: &Path| spec.private.iter().find(|m| p != *m && p.starts_with(m));
+
+    // The host paths under a private directory the command may still reach,
+    // taken (as detached copies of their mounts) before the tmpfs hides them.
+    let mut carried: Vec<(PathBuf, bool, OwnedFd)> = Vec::new();
+    for r in &spec.rules {
+        let inside_carried = carried.iter().any(|(c, ..)| r.path.starts_with(c));
+        if private(&r.path).is_none() || inside_carried || r.access == Access::Deny {
+            continue;
+        }
+        let Ok(meta) = std::fs::metadata(&r.path) else {
+            continue;
+        };
+        let fd = open_tree(&r.path)
+            .with_context(|| format!("taking {} into the private mounts", r.path.display()))?;
+        carried.push((r.path.clone(), meta.is_dir(), fd));
+    }
+    for p in &spec.private {
+        mount(
+            Some("tmpfs"),
+            p,
+            Some("tmpfs"),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            Some("mode=1777"),
+        )
+        .with_context(|| format!("mounting a private {}", p.display()))?;
+    }
+    for (path, is_dir, fd) in &carried {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        if *is_dir {
+            std::fs::create_dir(path)?;
+        } else {
+            std::fs::File::create(path)?;
+        }
+        move_mount(fd, path)
+            .with_context(|| format!("binding {} into the private mounts", path.display()))?;
+    }
+
+    // Inside a writable tree, what Landlock cannot keep apart (see the module doc).
+    let mut absorbed = HashSet::new();
+    let mut overmounted: Vec<&Path> = Vec::new();
+    // The rules Landlock keeps, to find each path's enclosing one.
+    let mut kept: Vec<&super::files::Rule> = Vec::new();
+    for r in &spec.rules {
+        let path = r.path.as_path();
+        let hidden = private(path).is_some() && !carried.iter().any(|(c, ..)| path.starts_with(c));
+        if overmounted.iter().any(|o| path.starts_with(o)) || (hidden && r.access == Access::Deny) {
+            // Under an overmount, or denied in a private directory where it is not.
+            absorbed.insert(r.path.clone());
+            continue;
+        }
+        let enclosing = kept
+            .iter()
+            .filter(|k| k.path != r.path && path.starts_with(&k.path))
+            .max_by_key(|k| k.path.components().count())
+            .map(|k| k.access);
+        let in_writable = enclosing == Some(Access::Write);
+        let exists = path.symlink_metadata().ok();
+        match r.access {
+            Access::Read | Access::List if in_writable => {
+                if exists.is_some() {
+                    bind_read_only(path)?;
+                }
+                absorbed.insert(r.path.clone());
+            }
+            Access::Deny if in_writable => {
+                let allowed_below = spec.rules.iter().any(|d| {
+                    d.path != r.path && d.path.starts_with(path) && d.access != Access::Deny
+                });
+                match exists {
+                    // Nothing to protect yet; what the command creates there is its own.
+                    None => {
+                        absorbed.insert(r.path.clone());
+                    }
+                    // Landlock splits the writable tree instead (its cost is reported).
+                    Some(_) if allowed_below => kept.push(r),
+                    Some(meta) => {
+                        overmount_denied(path, meta.is_dir())?;
+                        absorbed.insert(r.path.clone());
+                        overmounted.push(path);
+                    }
+                }
+            }
+            _ => kept.push(r),
+        }
+    }
+    Ok(Some(absorbed))
+}
+
+/// Binds `path` onto itself read-only: nothing in it can be created,
+/// removed, renamed or written, whatever Landlock allows around it.
+fn bind_read_only(path: &Path) -> anyhow::Result<()> {
+    mount(
+        Some(path.as_os_str()),
+        path,
+        None,
+        libc::MS_BIND | libc::MS_REC,
+        None,
+    )
+    .with_context(|| format!("binding {} read-only", path.display()))?;
+    remount(path, libc::MS_RDONLY)
+}
+
+/// Covers a denied path inside a writable tree. A file: `/dev/null` bound
+/// over it on a read-only `nodev` mount, so every open is refused (EACCES),
+/// for reading and for writing. A directory: an empty read-only tmpfs
+/// (its files are not there: ENOENT; nothing can be created: EROFS).
+fn overmount_denied(path: &Path, is_dir: bool) -> anyhow::Result<()> {
+    if is_dir {
+        mount(
+            Some("tmpfs"),
+            path,
+            Some("tmpfs"),
+            libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            Some("mode=000,size=4k"),
+        )
+    } else {
+        mount(Some("/dev/null"), path, None, libc::MS_BIND, None)
+            .and_then(|()| remount(path, libc::MS_RDONLY | libc::MS_NODEV | libc::MS_NOEXEC))
+    }
+    .with_context(|| format!("covering the denied {}", path.display()))
+}
+
+fn cstr(s: &std::ffi::OsStr) -> anyhow::Result<CString> {
+    CString::new(s.as_bytes()).context("a path with a NUL byte")
+}
+
+fn mount(
+    source: Option<impl AsRef<std::ffi::OsStr>>,
+    target: impl AsRef<Path>,
+    fstype: Option<&str>,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> anyhow::Result<()> {
+    let source = source.map(|s| cstr(s.as_ref())).transpose()?;
+    let target = cstr(target.as_ref().as_os_str())?;
+    let fstype = fstype.map(CString::new).transpose()?;
+    let data = data.map(CString::new).transpose()?;
+    let ptr = |c: &Option<CString>| c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
+    // SAFETY: every pointer is a NUL-terminated string that outlives the call, or null.
+    let rc = unsafe {
+        libc::mount(
+            ptr(&source),
+            target.as_ptr(),
+            ptr(&fstype),
+            flags,
+            ptr(&data).cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(())
+}
+
+/// Remounts the bind mount at `path` with `add` (read-only, nodev, …),
+/// keeping the flags it has (a user namespace refuses a remount that drops
+/// locked ones).
+fn remount(path: &Path, add: libc::c_ulong) -> anyhow::Result<()> {
+    let c = cstr(path.as_os_str())?;
+    // SAFETY: statvfs fills the zeroed struct for a valid path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error()).context(format!("{}", path.display()));
+    }
+    let mut flags = libc::MS_REMOUNT | libc::MS_BIND | add;
+    for (st_flag, ms_flag) in [
+        (libc::ST_NOSUID, libc::MS_NOSUID),
+        (libc::ST_NODEV, libc::MS_NODEV),
+        (libc::ST_NOEXEC, libc::MS_NOEXEC),
+        (libc::ST_NOATIME, libc::MS_NOATIME),
+        (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+        (libc::ST_RELATIME, libc::MS_RELATIME),
+    ] {
+        if st.f_flag & st_flag != 0 {
+            flags |= ms_flag;
+        }
+    }
+    mount(None::<&str>, path, None, flags, None)
+        .with_context(|| format!("remounting {}", path.display()))
+}
+
+/// A detached copy of the mounts at `path` (`open_tree(2)`, Linux 5.2).
+fn open_tree(path: &Path) -> anyhow::Result<OwnedFd> {
+    let c = cstr(path.as_os_str())?;
+    let flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_RECURSIVE as u32;
+    // SAFETY: a NUL-terminated path; the result is a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Attaches the detached mount `fd` at `path` (`move_mount(2)`).
+fn move_mount(fd: &OwnedFd, path: &Path) -> anyhow::Result<()> {
+    let c = cstr(path.as_os_str())?;
+    let empty = c"";
+    // SAFETY: valid descriptors and NUL-terminated paths.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            fd.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// 2. Capabilities
+
+/// Capabilities that would let a root command around the file rules:
+/// loading modules and raw I/O (kernel memory, disks), CAP_SYS_ADMIN
+/// (mounts and much else), BPF and perf (reading kernel memory), ptrace,
+/// mknod (a disk's device node in the writable directory), reading files
+/// by handle (`open_by_handle_at`), the MAC policies, the kernel log.
+const DROPPED_CAPS: &[libc::c_ulong] = &[
+    2,  // CAP_DAC_READ_SEARCH
+    16, // CAP_SYS_MODULE
+    17, // CAP_SYS_RAWIO
+    19, // CAP_SYS_PTRACE
+    21, // CAP_SYS_ADMIN
+    22, // CAP_SYS_BOOT
+    27, // CAP_MKNOD
+    32, // CAP_MAC_OVERRIDE
+    33, // CAP_MAC_ADMIN
+    34, // CAP_SYSLOG
+    38, // CAP_PERFMON
+    39, // CAP_BPF
+];
+
+/// Drops [`DROPPED_CAPS`] from the bounding set and the inheritable set
+/// (root's exec gets the union of the two: a container runtime that leaves
+/// inheritable capabilities set would hand them back otherwise) and clears the
+/// ambient set. Without CAP_SETPCAP (not root) the command has none of them
+/// anyway; a capability older kernels lack is skipped.
+fn drop_capabilities() {
+    for &cap in DROPPED_CAPS {
+        // SAFETY: prctl with integer arguments.
+        unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
+    }
+    clear_inheritable();
+    // SAFETY: as above.
+    unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        )
+    };
+}
+
+/// `struct __user_cap_header_struct` and `__user_cap_data_struct` of
+/// `<linux/capability.h>` (version 3: two 32-bit words per set).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// Removes [`DROPPED_CAPS`] from this process's inheritable set (a process
+/// may always lower it); left as is when the kernel refuses to say what it is.
+fn clear_inheritable() {
+    const VERSION_3: u32 = 0x2008_0522;
+    let mut header = CapHeader {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: a version-3 header and the two data words it asks for.
+    if unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) } != 0 {
+        return;
+    }
+    for &cap in DROPPED_CAPS {
+        data[(cap / 32) as usize].inheritable &= !(1u32 << (cap % 32));
+    }
+    // SAFETY: as above; lowering the inheritable set needs no privilege.
+    unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
+}
+
+// ---------------------------------------------------------------------------
+// 3. Landlock
+
+/// One path of the rule tree.
+#[derive(Default)]
+struct Node {
+    access: Option<Access>,
+    children: BTreeMap<OsString, Node>,
+}
+
+/// The rights beneath a rule's path.
+fn full(a: Access) -> BitFlags<AccessFs> {
+    use AccessFs::*;
+    match a {
+        Access::Deny => BitFlags::EMPTY,
+        Access::List => ReadDir.into(),
+        Access::Read => AccessFs::from_read(TARGET),
+        Access::Device => ReadDir | ReadFile | WriteFile | Truncate | IoctlDev,
+        // Never device nodes: one for a disk, in the writable directory, would read it raw.
+        Access::Write => AccessFs::from_all(TARGET) & !(MakeChar | MakeBlock),
+    }
+}
+
+/// The rights of a split directory: about its own entries only.
+fn split(a: Access) -> BitFlags<AccessFs> {
+    use AccessFs::*;
+    match a {
+        Access::Deny => BitFlags::EMPTY,
+        Access::List | Access::Read | Access::Device => ReadDir.into(),
+        Access::Write => {
+            ReadDir
+                | RemoveDir
+                | RemoveFile
+                | MakeDir
+                | MakeReg
+                | MakeSock
+                | MakeFifo
+                | MakeSym
+                | Refer
+        }
+    }
+}
+
+/// Applies the spec's rules to this process.
+fn landlock(
+    spec: &Spec,
+    absorbed: Option<&HashSet<PathBuf>>,
+    not_enforced: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let mut root = Node::default();
+    let mut kept: Vec<(&Path, Access)> = Vec::new();
+    for r in &spec.rules {
+        if absorbed.is_some_and(|a| a.contains(&r.path)) {
+            continue;
+        }
+        // A rule saying what its enclosing one says would only split that one.
+        let enclosing = kept
+            .iter()
+            .filter(|(k, _)| r.path.starts_with(k))
+            .max_by_key(|(k, _)| k.components().count())
+            .map(|(_, a)| *a);
+        if enclosing == Some(r.access) {
+            continue;
+        }
+        kept.push((&r.path, r.access));
+        let mut node = &mut root;
+        for c in r.path.components().skip(1) {
+            node = node
+                .children
+                .entry(c.as_os_str().to_os_string())
+                .or_default();
+        }
+        node.access = Some(r.access);
+    }
+    let ruleset = Ruleset::default()
+        .handle_access(AccessFs::from_all(TARGET))?
+        .scope(Scope::from_all(TARGET))?
+        .create()?
+        // The command is executed after this: its denials are what to report.
+        .log_new_exec(true)?;
+    let mut missing = Vec::new();
+    let mut split_writable = Vec::new();
+    let ruleset = compile(
+        Path::new("/"),
+        &root,
+        None,
+        ruleset,
+        &mut missing,
+        &mut split_writable,
+    )?;
+    if !split_writable.is_empty() {
+        not_enforced.push(format!(
+            "writing new files directly in {} (to keep a protected path inside unreadable \
+             without a mount namespace, Landlock grants those directories only their entries)",
+            list(&split_writable)
+        ));
+    }
+    for path in missing {
+        if let Some(r) = spec.decides(&path).filter(|r| r.path == path)
+            && r.access != Access::Deny
+            && r.from != "default"
+            && r.from != "cell"
+        {
+            eprintln!(
+                "cell jail: {} {}: not there, so nothing is allowed there",
+                r.from,
+                path.display()
+            );
+        }
+    }
+    let status = ruleset
+        .restrict_self()
+        .context("applying the Landlock rules")?;
+    match status.landlock {
+        LandlockStatus::Available { effective_abi, .. } => {
+            let abi = effective_abi as i32;
+            if status.ruleset == RulesetStatus::NotEnforced {
+                bail!("Landlock is available (ABI {abi}) but enforced nothing");
+            }
+            for (since, linux, what) in [
+                (3, "6.2", "truncating files the command may only read"),
+                (
+                    6,
+                    "6.12",
+                    "signals to processes outside the jail (ptrace is refused)",
+                ),
+                (
+                    9,
+                    "7.1",
+                    "connecting to the host's UNIX sockets (D-Bus, docker, ssh-agent, …)",
+                ),
+            ] {
+                if abi < since {
+                    not_enforced.push(format!(
+                        "{what} (Landlock ABI {since}, Linux {linux}; this kernel has {abi})"
+                    ));
+                }
+            }
+        }
+        LandlockStatus::NotEnabled => not_enforced.push(
+            "any file rule: Landlock is built in but not enabled (add `landlock` to the \
+             kernel's `lsm=` boot parameter); the command reads and writes whatever its user may"
+                .into(),
+        ),
+        LandlockStatus::NotImplemented => not_enforced.push(
+            "any file rule: this kernel has no Landlock (Linux 5.13 or later, \
+             CONFIG_SECURITY_LANDLOCK); the command reads and writes whatever its user may"
+                .into(),
+        ),
+    }
+    Ok(())
+}
+
+/// Adds the rules for `path` and beneath (see the module's security rule).
+fn compile(
+    path: &Path,
+    node: &Node,
+    inherited: Option<Access>,
+    mut ruleset: RulesetCreated,
+    missing: &mut Vec<PathBuf>,
+    split_writable: &mut Vec<PathBuf>,
+) -> anyhow::Result<RulesetCreated> {
+    let access = node.access.or(inherited);
+    let all = access.map_or(BitFlags::EMPTY, full);
+    if node.children.is_empty() {
+        let there;
+        (ruleset, there) = add(ruleset, path, all)?;
+        if !there {
+            missing.push(path.to_path_buf());
+        }
+        return Ok(ruleset);
+    }
+    let own = access.map_or(BitFlags::EMPTY, split);
+    if access == Some(Access::Write) {
+        split_writable.push(path.to_path_buf());
+    }
+    let there;
+    (ruleset, there) = add(ruleset, path, own)?;
+    if !there && node.access.is_some() {
+        missing.push(path.to_path_buf());
+    }
+    if all != own
+        && let Ok(entries) = std::fs::read_dir(path)
+    {
+        for e in entries.flatten() {
+            if !node.children.contains_key(&e.file_name()) {
+                (ruleset, _) = add(ruleset, &e.path(), all)?;
+            }
+        }
+    }
+    for (name, child) in &node.children {
+        ruleset = compile(
+            &path.join(name),
+            child,
+            access,
+            ruleset,
+            missing,
+            split_writable,
+        )?;
+    }
+    Ok(ruleset)
+}
+
+/// Adds one rule (none for a symlink or no rights); `false` when `path` does not exist.
+fn add(
+    ruleset: RulesetCreated,
+    path: &Path,
+    access: BitFlags<AccessFs>,
+) -> anyhow::Result<(RulesetCreated, bool)> {
+    if access.is_empty() {
+        return Ok((ruleset, path.symlink_metadata().is_ok()));
+    }
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((ruleset, false)),
+        // Not even openable by the helper (another user's FUSE mount): no rule, denied.
+        Err(_) => return Ok((ruleset, true)),
+    };
+    let meta = file.metadata()?;
+    let access = if meta.is_dir() {
+        access
+    } else {
+        access & AccessFs::from_file(TARGET)
+    };
+    if meta.file_type().is_symlink() || access.is_empty() {
+        return Ok((ruleset, true));
+    }
+    let ruleset = ruleset
+        .add_rule(PathBeneath::new(file, access))
+        .with_context(|| format!("a Landlock rule for {}", path.display()))?;
+    Ok((ruleset, true))
+}
