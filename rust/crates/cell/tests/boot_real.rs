@@ -505,13 +505,14 @@ fn the_agent_vm_egresses_only_through_the_real_cell_proxy() {
         "AGENT-PING",
         Duration::from_secs(30),
     );
+    // One console line per ping (other writers share the console), made
+    // into the probes' two-line form.
     let ping = agent_console
         .lines()
-        .skip_while(|l| !l.starts_with("AGENT-PING"))
-        .take(4)
+        .filter(|l| l.starts_with("AGENT-PING"))
+        .map(|l| l.replace("AGENT-PING", "icmp").replacen(" | ", "\n  ", 1))
         .collect::<Vec<_>>()
-        .join("\n")
-        .replace("AGENT-PING", "icmp");
+        .join("\n");
     let probes = format!("{probes}{ping}\n");
     let line = |label: &str| {
         let mut lines = probes

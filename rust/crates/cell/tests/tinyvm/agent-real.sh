@@ -37,13 +37,13 @@ else
   echo "AGENT-NO-CA $(up)"
 fi
 # ICMP to the internet, IPv4 and IPv6, as root (ping needs a raw socket; the
-# agent user has none): `AGENT-PING START END STATUS`, then what ping said
+# agent user has none): `AGENT-PING START END STATUS | what ping said`, one
+# line, so the console's other writers (dropbear's log) cannot come between
 # (iputils' ping ends at once on an ICMP error: "Packet filtered").
 for v in 4:203.0.113.10 6:2001:db8:2::10; do
   s=$(up)
   /usr/bin/ping -"${v%%:*}" -n -c 1 -W 5 "${v#*:}" > /tmp/ping.out 2>&1
   r=$?
-  echo "AGENT-PING${v%%:*} $s $(up) status=$r"
-  echo "  $(grep -m1 -E 'From|bytes from|ping:' /tmp/ping.out)"
+  echo "AGENT-PING${v%%:*} $s $(up) status=$r | $(grep -m1 -E 'From|bytes from|ping:' /tmp/ping.out)"
 done
 while true; do sleep 60; done
