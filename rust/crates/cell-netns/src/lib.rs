@@ -46,10 +46,16 @@ pub fn list() -> anyhow::Result<Vec<String>> {
 }
 
 /// Runs `f` on a scoped thread that has entered the named namespace
-/// (`/run/netns/<name>`). Sockets created there stay in that namespace, and
-/// child processes spawned there start in it.
+/// (`/run/netns/<name>`, or the namespace file at `name` when it holds a `/`,
+/// as iproute2 reads it: `/proc/self/fd/3` for one passed by descriptor).
+/// Sockets created there stay in that namespace, and child processes spawned
+/// there start in it.
 pub fn run_in<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
-    let path = format!("/run/netns/{name}");
+    let path = if name.contains('/') {
+        name.to_string()
+    } else {
+        format!("/run/netns/{name}")
+    };
     let file = File::open(&path)
         .with_context(|| format!("opening {path} (does network namespace {name} exist?)"))?;
     std::thread::scope(|scope| {

@@ -142,7 +142,8 @@ struct Cli {
     state_dir: PathBuf,
 
     /// Bind the listeners and install the rules inside this named network namespace
-    /// (`/run/netns/NAME`) while upstream connections leave from the daemon's own.
+    /// (`/run/netns/NAME`; a NAME with a `/` is the namespace file itself, such as
+    /// `/proc/self/fd/3`) while upstream connections leave from the daemon's own.
     /// `cell jail` uses it: the firewall namespace then needs no uplink at all.
     #[arg(long, value_name = "NAME")]
     listen_netns: Option<String>,
@@ -202,6 +203,10 @@ impl Cli {
 }
 
 fn main() -> ExitCode {
+    // The daemon holds the CA key and the secrets' values: no core dump of it,
+    // and no same-user process (`cell jail`'s command runs as the same user
+    // without root) may ptrace it or read its /proc memory files.
+    let _ = nix::sys::prctl::set_dumpable(false);
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

@@ -10,6 +10,93 @@ use cell_lab::https::CertKind;
 use cell_lab::lab::WEB_V4;
 use cell_lab::{Lab, skip_unless_available};
 
+// ---------------------------------------------------------------------------
+// Without root: the same tests as an unprivileged user.
+
+thread_local! {
+    /// The uid this test thread runs `cell jail` as (None: root, as CI runs).
+    static AS_USER: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs this test's jails as an unprivileged uid of its own (no account
+/// needed: `setpriv` switches to it, and nothing is created on the machine);
+/// false (and SKIPPED, or a failure in CI) where the test runner is not root.
+fn as_user(test: &str) -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        if std::env::var_os("CI").is_some() {
+            panic!("the rootless jail tests switch to their own uid: run them as root");
+        }
+        eprintln!("SKIPPED: switching to a test uid needs root");
+        return false;
+    }
+    // One uid per test, so one test's leftover check never sees another's processes.
+    let hash = test
+        .bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b.into()));
+    AS_USER.set(Some(61_000 + hash % 4_000));
+    true
+}
+
+fn user() -> Option<u32> {
+    AS_USER.get()
+}
+
+/// Gives `path` (and everything in it) to the test's uid when there is one,
+/// so the file permissions allow what the jail must refuse by itself.
+fn share(path: &Path) {
+    let Some(uid) = user() else { return };
+    std::os::unix::fs::lchown(path, Some(uid), Some(uid)).unwrap();
+    if path.is_dir() && !path.is_symlink() {
+        for e in std::fs::read_dir(path).unwrap() {
+            share(&e.unwrap().path());
+        }
+    }
+}
+
+/// `cell` as the test's uid (or root), in the lab's firewall namespace or this one.
+fn cell_command(lab: Option<&Lab>, cell: &Path) -> std::process::Command {
+    let mut c = match (lab, user()) {
+        (Some(lab), None) => lab.firewall.command(cell),
+        (None, None) => std::process::Command::new(cell),
+        (Some(lab), Some(_)) => lab.firewall.command("setpriv"),
+        (None, Some(_)) => std::process::Command::new("setpriv"),
+    };
+    if let Some(uid) = user() {
+        let uid = uid.to_string();
+        c.args(["--reuid", &uid, "--regid", &uid, "--clear-groups", "--"])
+            .arg(cell);
+        let home = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("home-{uid}"));
+        std::fs::create_dir_all(&home).unwrap();
+        share(&home);
+        c.env("HOME", &home).current_dir(&home);
+    }
+    c
+}
+
+/// The processes the test's uid still has (none may outlive a jail).
+fn user_processes() -> Vec<String> {
+    let Some(uid) = user() else { return Vec::new() };
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(status) = std::fs::read_to_string(e.path().join("status")) else {
+            continue;
+        };
+        let owner = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|l| l.split_whitespace().next().map(str::to_string));
+        if owner == Some(uid.to_string()) {
+            let cmd = std::fs::read_to_string(e.path().join("cmdline")).unwrap_or_default();
+            out.push(format!(
+                "{}: {}",
+                e.file_name().to_string_lossy(),
+                cmd.replace('\0', " ")
+            ));
+        }
+    }
+    out
+}
+
 fn bins() -> Option<(PathBuf, PathBuf)> {
     let cell = PathBuf::from(env!("CARGO_BIN_EXE_cell"));
     let proxy = cell.with_file_name("cell-proxy");
@@ -31,20 +118,20 @@ fn bins() -> Option<(PathBuf, PathBuf)> {
 
 /// Runs `cell jail` (the lab firewall namespace as its host); checks that
 /// this jail (named after its pid: `ip netns exec` execs it) left nothing behind.
-fn jail(lab: &Lab, cell: &PathBuf, proxy: &PathBuf, flags: &[&str], cmd: &[&str]) -> Output {
+fn jail(lab: &Lab, cell: &Path, proxy: &Path, flags: &[&str], cmd: &[&str]) -> Output {
     jail_env(lab, cell, proxy, &[], flags, cmd)
 }
 
 /// [`jail`] with variables in cell's own environment.
 fn jail_env(
     lab: &Lab,
-    cell: &PathBuf,
-    proxy: &PathBuf,
+    cell: &Path,
+    proxy: &Path,
     env: &[(&str, &str)],
     flags: &[&str],
     cmd: &[&str],
 ) -> Output {
-    let mut c = lab.firewall.command(cell);
+    let mut c = cell_command(Some(lab), cell);
     c.envs(env.iter().copied());
     c.arg("jail").arg("--proxy").arg(proxy);
     c.args(["--dns-upstream", "192.0.2.53"])
@@ -61,11 +148,23 @@ fn jail_env(
         "jail {pid} left behind: {:?}",
         leftovers(pid)
     );
+    let run = std::env::temp_dir().join(format!("cell-jail-{pid}"));
+    if !flags.contains(&"--keep") {
+        assert!(!run.exists(), "{} outlived the jail", run.display());
+    }
     out
 }
 
-/// Namespaces and /etc/netns entries of the jail with this pid.
+/// Namespaces and /etc/netns entries of the jail with this pid, and the
+/// processes of the test's uid.
 fn leftovers(pid: u32) -> Vec<String> {
+    let mut left = user_processes();
+    left.extend(named_leftovers(pid));
+    left
+}
+
+/// Namespaces and /etc/netns entries of the (root) jail with this pid.
+fn named_leftovers(pid: u32) -> Vec<String> {
     let prefix = format!("cell-jail-{pid}-");
     let ns = cell_lab::netns::list().unwrap().join("\n");
     let mut left: Vec<String> = ns
@@ -84,7 +183,7 @@ fn leftovers(pid: u32) -> Vec<String> {
 }
 
 /// `curl URL` in a jail that allows api.example.test.
-fn curl(lab: &Lab, cell: &PathBuf, proxy: &PathBuf, url: &str) -> Output {
+fn curl(lab: &Lab, cell: &Path, proxy: &Path, url: &str) -> Output {
     jail(
         lab,
         cell,
@@ -99,6 +198,18 @@ fn curl(lab: &Lab, cell: &PathBuf, proxy: &PathBuf, url: &str) -> Output {
 /// exit status comes back; nothing is left behind.
 #[test]
 fn jail_runs_commands_behind_the_firewall() {
+    runs_commands_behind_the_firewall();
+}
+
+/// [`jail_runs_commands_behind_the_firewall`], by an unprivileged user: the jail in a user namespace of its own.
+#[test]
+fn rootless_jail_runs_commands_behind_the_firewall() {
+    if as_user("jail_runs_commands_behind_the_firewall") {
+        runs_commands_behind_the_firewall();
+    }
+}
+
+fn runs_commands_behind_the_firewall() {
     if skip_unless_available() {
         return;
     }
@@ -150,6 +261,34 @@ fn jail_runs_commands_behind_the_firewall() {
         String::from_utf8_lossy(&direct.stderr)
     );
 
+    // Who the command is, and what it cannot do to the jail's own processes
+    // (without root it is the same user as cell-proxy): read its memory files,
+    // signal it, enter its namespaces.
+    let probe = r#"
+        echo "uid=$(id -u)"
+        p=$(pgrep -x cell-proxy | head -n 1); echo "proxy=${p:-none}"
+        cat /proc/$p/environ >/dev/null 2>&1; echo "environ=$?"
+        head -c 1 /proc/$p/mem >/dev/null 2>&1; echo "mem=$?"
+        kill -CONT $p 2>/dev/null; echo "signal=$?"
+        nsenter --net=/proc/$p/ns/net true 2>/dev/null; echo "nsenter=$?"
+    "#;
+    let o = jail(&lab, &cell, &proxy, &[], &["sh", "-c", probe]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    let uid = user().unwrap_or(0);
+    for want in [
+        format!("uid={uid}"),
+        "environ=1".into(),
+        "mem=1".into(),
+        "nsenter=1".into(),
+    ] {
+        assert!(out.lines().any(|l| l == want), "{want} not in {out}");
+    }
+    assert!(!out.contains("proxy=none"), "cell-proxy not visible: {out}");
+    // Landlock scopes signals from ABI 6 (Linux 6.12); older kernels are said to lack it.
+    if landlock_abi() >= 6 {
+        assert!(out.lines().any(|l| l == "signal=1"), "{out}");
+    }
+
     let status = jail(&lab, &cell, &proxy, &[], &["sh", "-c", "exit 42"]);
     assert_eq!(
         status.status.code(),
@@ -180,6 +319,18 @@ fn jail_runs_commands_behind_the_firewall() {
 /// jail before it starts, naming the secret and the fix.
 #[test]
 fn jail_secrets_reach_their_host_only_and_the_command_holds_the_placeholder() {
+    secrets_reach_their_host_only_and_the_command_holds_the_placeholder();
+}
+
+/// [`jail_secrets_reach_their_host_only_and_the_command_holds_the_placeholder`], by an unprivileged user: the jail in a user namespace of its own.
+#[test]
+fn rootless_jail_secrets_reach_their_host_only_and_the_command_holds_the_placeholder() {
+    if as_user("jail_secrets_reach_their_host_only_and_the_command_holds_the_placeholder") {
+        secrets_reach_their_host_only_and_the_command_holds_the_placeholder();
+    }
+}
+
+fn secrets_reach_their_host_only_and_the_command_holds_the_placeholder() {
     if skip_unless_available() {
         return;
     }
@@ -207,6 +358,7 @@ fn jail_secrets_reach_their_host_only_and_the_command_holds_the_placeholder() {
     // `gh auth token` or `pass show` would), so no command line shows it.
     let store = tempfile::tempdir().unwrap();
     std::fs::write(store.path().join("value"), cmd_value).unwrap();
+    share(store.path());
     let cmd_flag = format!(
         "CMD_KEY@api.example.test=cat {}",
         store.path().join("value").display()
@@ -330,6 +482,18 @@ fn jail_secrets_reach_their_host_only_and_the_command_holds_the_placeholder() {
 /// decodes them: model, tokens, stop reason, the text and the tool call.
 #[test]
 fn jail_spy_records_the_provider_exchange_and_cell_spy_decodes_it() {
+    spy_records_the_provider_exchange_and_cell_spy_decodes_it();
+}
+
+/// [`jail_spy_records_the_provider_exchange_and_cell_spy_decodes_it`], by an unprivileged user: the jail in a user namespace of its own.
+#[test]
+fn rootless_jail_spy_records_the_provider_exchange_and_cell_spy_decodes_it() {
+    if as_user("jail_spy_records_the_provider_exchange_and_cell_spy_decodes_it") {
+        spy_records_the_provider_exchange_and_cell_spy_decodes_it();
+    }
+}
+
+fn spy_records_the_provider_exchange_and_cell_spy_decodes_it() {
     if skip_unless_available() {
         return;
     }
@@ -340,6 +504,7 @@ fn jail_spy_records_the_provider_exchange_and_cell_spy_decodes_it() {
         .https_server(&[("api.example.test", CertKind::Valid)])
         .unwrap();
     let out_dir = tempfile::tempdir().unwrap();
+    share(out_dir.path());
     let store = out_dir.path().join("spy.jsonl");
     let value = "jail-spy-secret-0b5e7d21c9";
     let body = r#"{"model":"claude-lab-1","max_tokens":64,"system":"Be brief.","stream":true,"messages":[{"role":"user","content":"list the files"}]}"#;
@@ -461,6 +626,30 @@ fn jail_spy_records_the_provider_exchange_and_cell_spy_decodes_it() {
 /// SIGTERM to the jail both end the command and leave nothing behind.
 #[test]
 fn jail_cleans_up_on_ctrl_c_and_sigterm() {
+    cleans_up_on_ctrl_c_and_sigterm();
+}
+
+/// [`jail_cleans_up_on_ctrl_c_and_sigterm`], by an unprivileged user.
+#[test]
+fn rootless_jail_cleans_up_on_ctrl_c_and_sigterm() {
+    if as_user("jail_cleans_up_on_ctrl_c_and_sigterm") {
+        cleans_up_on_ctrl_c_and_sigterm();
+    }
+}
+
+/// Processes anywhere whose command line is `cmdline` (NUL-separated).
+fn processes_running(cmdline: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| std::fs::read_to_string(e.path().join("cmdline")).is_ok_and(|c| c == cmdline))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// A daemon the command starts (its own session, parent gone) ends with
+/// the jail too, whether the command exits, is interrupted or terminated.
+fn cleans_up_on_ctrl_c_and_sigterm() {
     use std::os::unix::process::{CommandExt, ExitStatusExt};
     use std::time::{Duration, Instant};
     if skip_unless_available() {
@@ -472,20 +661,26 @@ fn jail_cleans_up_on_ctrl_c_and_sigterm() {
         (nix::sys::signal::Signal::SIGINT, true),
         (nix::sys::signal::Signal::SIGTERM, false),
     ] {
-        let mut c = lab.firewall.command(&cell);
+        // One distinct daemon per test process (tests run side by side).
+        let daemon = format!("{}", 100_000 + std::process::id() % 100_000);
+        let mut c = cell_command(Some(&lab), &cell);
         c.arg("jail").arg("--proxy").arg(&proxy).args([
             "--dns-upstream",
             "192.0.2.53",
             "--",
-            "sleep",
-            "30",
+            "sh",
+            "-c",
+            &format!("setsid sleep {daemon} </dev/null >/dev/null 2>&1 & exec sleep 30"),
         ]);
         c.process_group(0);
         let mut child = c.spawn().unwrap();
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        // Wait until the jail is up (its namespaces exist), then signal.
+        // Wait until the command and its daemon run, then signal.
         let start = Instant::now();
-        while leftovers(pid.as_raw() as u32).len() < 2 {
+        let daemon_cmdline = format!("sleep\0{daemon}\0");
+        while processes_running("sleep\x0030\0").is_empty()
+            || processes_running(&daemon_cmdline).is_empty()
+        {
             assert!(
                 start.elapsed() < Duration::from_secs(15),
                 "jail never came up"
@@ -513,11 +708,30 @@ fn jail_cleans_up_on_ctrl_c_and_sigterm() {
         );
         let left = leftovers(pid.as_raw() as u32);
         assert!(left.is_empty(), "{signal:?} left behind: {left:?}");
+        assert_eq!(
+            processes_running(&daemon_cmdline),
+            Vec::<String>::new(),
+            "{signal:?}: the command's daemon outlived the jail"
+        );
     }
 }
 
 // ---------------------------------------------------------------------------
 // The filesystem: Landlock and the command's own mount namespace.
+
+/// The running kernel's Landlock ABI (0: none).
+fn landlock_abi() -> i64 {
+    // SAFETY: the version query: no pointer is read.
+    let abi = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            1u32,
+        )
+    };
+    abi.max(0)
+}
 
 /// Whether this kernel enforces Landlock, asked the way the jail asks (the
 /// crate, a hard requirement): in CI its absence fails the test, elsewhere
@@ -573,6 +787,7 @@ fn tree() -> Tree {
     std::fs::write(home.join(".ssh/id_ed25519"), KEY).unwrap();
     std::fs::write(home.join(".aws/credentials"), KEY).unwrap();
     std::fs::write(proj.join(".env"), DOTENV).unwrap();
+    share(&root);
     Tree {
         _dir: dir,
         root,
@@ -599,10 +814,7 @@ fn fs_jail_from(
     script: &str,
 ) -> Output {
     let mounts_before = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let mut c = match lab {
-        Some(lab) => lab.firewall.command(&bins.0),
-        None => std::process::Command::new(&bins.0),
-    };
+    let mut c = cell_command(lab, &bins.0);
     c.current_dir(&t.proj).env("HOME", &t.home);
     c.arg("jail").arg("--proxy").arg(&bins.1);
     c.args(["--dns-upstream", "192.0.2.53"]);
@@ -658,6 +870,18 @@ fn text(o: &Output) -> (String, String) {
 /// through the CA bundle, a denied host refused).
 #[test]
 fn jail_confines_the_filesystem() {
+    confines_the_filesystem();
+}
+
+/// [`jail_confines_the_filesystem`], by an unprivileged user: the jail in a user namespace of its own.
+#[test]
+fn rootless_jail_confines_the_filesystem() {
+    if as_user("jail_confines_the_filesystem") {
+        confines_the_filesystem();
+    }
+}
+
+fn confines_the_filesystem() {
     if skip_unless_available() || skip_unless_landlock() {
         return;
     }

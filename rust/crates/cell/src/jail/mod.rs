@@ -67,8 +67,17 @@ What the jail protects: the network (only the firewall, as in the VM) and files 
 What only the VM protects: the kernel itself (one kernel bug, or a root command's remaining
 powers, reaches the host), the host's processes (visible in /proc; signals and ptrace are
 refused), and on kernels before Linux 7.1 the host's UNIX sockets (D-Bus, docker, ssh-agent),
-which Landlock cannot refuse there. Linux only; needs root (network namespaces, nftables).
-For an agent that may try to escape, and on macOS, use the VM (`cell`).
+which Landlock cannot refuse there. For an agent that may try to escape, and on macOS, use
+the VM (`cell`).
+
+Root is not needed: as an ordinary user the jail makes a user namespace that owns both
+network namespaces (you keep your uid inside; only the set-up tools and cell-proxy get
+network capabilities there, the command none), and then requires Landlock, since the command
+runs as the same user as cell-proxy. Where the machine turns unprivileged user namespaces off
+(kernel.unprivileged_userns_clone, user.max_user_namespaces, Ubuntu's
+kernel.apparmor_restrict_unprivileged_userns) the jail says which switch and the exact fix.
+As root it uses named namespaces as before. Either way the command runs in a PID namespace
+of its own: the daemons it starts end with it. Linux only (ip, nft, sysctl).
 
 Secrets: with --secret ENV@HOST the command's ENV holds `cell-placeholder-<env>` (lowercase),
 never the value; cell-proxy puts the value in its place in request headers to HOST only, which

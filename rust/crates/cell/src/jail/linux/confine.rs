@@ -1,7 +1,9 @@
 //! The jail's exec helper: `cell jail --fs-exec SPEC -- CMD`, run inside the
 //! agent network namespace in place of the command. It confines the
-//! filesystem as [`Spec`] says, then executes the command in its own process
-//! (same pid), so nothing of it stays around.
+//! filesystem as [`Spec`] says, then runs the command in a PID namespace of
+//! its own and waits for it: when the command ends, every process it left
+//! behind (daemons, double forks, processes that made themselves
+//! unkillable by name) ends with the namespace — the kernel kills them.
 //!
 //! A helper process rather than a `pre_exec` closure: cell is multithreaded
 //! when it starts the command, and building Landlock rules (directory
@@ -19,7 +21,12 @@
 //! 3. **Landlock** (best effort, [`TARGET`] as the newest ABI asked for):
 //!    every access right handled, rules compiled from the spec (below), the
 //!    process scoped for signals and abstract sockets, audit logging of denials
-//!    kept on after exec; `no_new_privs` set.
+//!    kept on after exec; `no_new_privs` set. The jail without root requires
+//!    it ([`Spec::require_landlock`]) and refuses to run the command otherwise.
+//! 4. **The PID namespace** (made before the capabilities go): the helper
+//!    forks a reaper (its pid 1, adopting orphans) and the command, passes
+//!    SIGTERM and SIGHUP on, waits, then kills the reaper — and with it the
+//!    namespace — and exits with the command's status.
 //!
 //! Security rule — "deny under an allowed tree" with an allow-list. Landlock
 //! grants a right to a whole hierarchy and cannot take it back below, so:
@@ -73,8 +80,29 @@ pub(super) fn exec(spec_path: &Path, command: &[String]) -> anyhow::Result<u8> {
     let spec = Spec::read(spec_path)?;
     let mut not_enforced = Vec::new();
     let absorbed = mounts(&spec)?;
+    if absorbed.is_none() && spec.resolv_conf.is_some() {
+        bail!(
+            "no mount namespace for the command here (unshare: {}), so its DNS cannot be \
+             pointed at the firewall",
+            std::io::Error::last_os_error()
+        );
+    }
+    // SAFETY: a plain syscall; the namespace is for the children forked below.
+    let pid_ns = unsafe { libc::unshare(libc::CLONE_NEWPID) } == 0;
     drop_capabilities();
-    landlock(&spec, absorbed.as_ref(), &mut not_enforced)?;
+    let enforced = landlock(&spec, absorbed.as_ref(), &mut not_enforced)?;
+    if spec.require_landlock && !enforced {
+        bail!(
+            "cell jail without root needs Landlock (Linux 5.13+, `landlock` in the kernel's \
+             `lsm=`): the command runs as your own user, and only Landlock keeps it from \
+             tracing cell-proxy or rewriting the jail's policy; run it as root instead"
+        );
+    }
+    if !pid_ns {
+        not_enforced.push(
+            "ending the command's background processes with it (no PID namespace here)".into(),
+        );
+    }
     if absorbed.is_none() && !spec.private.is_empty() {
         not_enforced.push(format!(
             "a private {} (no mount namespace here): the command writes the host's",
@@ -89,15 +117,110 @@ pub(super) fn exec(spec_path: &Path, command: &[String]) -> anyhow::Result<u8> {
     }
     std::env::set_current_dir(&spec.cwd)
         .with_context(|| format!("entering {}", spec.cwd.display()))?;
+    if pid_ns {
+        return supervise(command);
+    }
+    Ok(run_command(command))
+}
+
+/// Executes the command in this process; returns only the status for an
+/// exec that failed (127: not found, 126: not executable).
+fn run_command(command: &[String]) -> u8 {
     let err = std::process::Command::new(&command[0])
         .args(&command[1..])
         .exec();
     eprintln!("cell jail: {}: {err}", command[0]);
-    Ok(if err.kind() == std::io::ErrorKind::NotFound {
+    if err.kind() == std::io::ErrorKind::NotFound {
         127
     } else {
         126
-    })
+    }
+}
+
+/// The signals the helper handles itself while it waits.
+fn handled() -> nix::sys::signal::SigSet {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGCHLD,
+    ] {
+        set.add(s);
+    }
+    set
+}
+
+/// Runs the command as pid 2 of the new PID namespace, under a reaper as
+/// pid 1; returns the command's status once the namespace is gone.
+fn supervise(command: &[String]) -> anyhow::Result<u8> {
+    use nix::sys::signal::{Signal, kill};
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    use nix::unistd::{ForkResult, fork};
+
+    let set = handled();
+    let old = set.thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK)?;
+    // SAFETY: this helper is single-threaded (it runs before cell starts any
+    // thread), so the children may run any code.
+    let reaper = match unsafe { fork() }.context("starting the jail's reaper")? {
+        ForkResult::Child => reap(),
+        ForkResult::Parent { child } => child,
+    };
+    // SAFETY: as above.
+    let cmd = match unsafe { fork() }.context("starting the command")? {
+        ForkResult::Child => {
+            let _ = old.thread_set_mask();
+            std::process::exit(run_command(command).into());
+        }
+        ForkResult::Parent { child } => child,
+    };
+    let status = loop {
+        match set.wait()? {
+            // cell passes these on; the terminal's own (INT, QUIT) reach the command directly.
+            sig @ (Signal::SIGTERM | Signal::SIGHUP) => {
+                let _ = kill(cmd, sig);
+            }
+            Signal::SIGCHLD => match waitpid(cmd, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, code)) => break code.clamp(0, 255) as u8,
+                Ok(WaitStatus::Signaled(_, sig, _)) => {
+                    break (128 + sig as i32).clamp(0, 255) as u8;
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    };
+    let _ = kill(reaper, Signal::SIGKILL);
+    let _ = waitpid(reaper, None);
+    Ok(status)
+}
+
+/// Pid 1 of the command's namespace: adopts orphans and collects them, until
+/// the helper kills it (or dies: then the kernel does).
+fn reap() -> ! {
+    use nix::sys::wait::{WaitPidFlag, waitpid};
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    let chld = {
+        let mut s = nix::sys::signal::SigSet::empty();
+        s.add(nix::sys::signal::Signal::SIGCHLD);
+        s
+    };
+    let timeout = libc::timespec {
+        tv_sec: 1,
+        tv_nsec: 0,
+    };
+    loop {
+        while let Ok(s) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            if s == nix::sys::wait::WaitStatus::StillAlive {
+                break;
+            }
+        }
+        // SAFETY: a valid set and timeout; SIGCHLD is blocked here.
+        unsafe { libc::sigtimedwait(chld.as_ref(), std::ptr::null_mut(), &timeout) };
+    }
 }
 
 fn list(paths: &[PathBuf]) -> String {
@@ -127,6 +250,16 @@ fn mounts(spec: &Spec) -> anyhow::Result<Option<HashSet<PathBuf>>> {
         None,
     )
     .context("making the jail's mounts private")?;
+    if let Some(resolv) = &spec.resolv_conf {
+        mount(
+            Some(resolv.as_os_str()),
+            "/etc/resolv.conf",
+            None,
+            libc::MS_BIND,
+            None,
+        )
+        .context("pointing /etc/resolv.conf at the firewall")?;
+    }
     let private = |p: &Path| spec.private.iter().find(|m| p != *m && p.starts_with(m));
 
     // The host paths under a private directory the command may still reach,
@@ -379,6 +512,12 @@ fn drop_capabilities() {
         unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
     }
     clear_inheritable();
+    if !nix::unistd::geteuid().is_root() {
+        // The jail without root: what the helper held for its mounts and PID
+        // namespace (in the jail's user namespace) goes too, so neither it
+        // nor the reaper, both traceable by the command, holds anything.
+        clear_all();
+    }
     // SAFETY: as above.
     unsafe {
         libc::prctl(
@@ -427,6 +566,17 @@ fn clear_inheritable() {
     unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
 }
 
+/// Empties this process's effective, permitted and inheritable sets.
+fn clear_all() {
+    let mut header = CapHeader {
+        version: 0x2008_0522,
+        pid: 0,
+    };
+    let data = [CapData::default(); 2];
+    // SAFETY: a version-3 header and two zeroed data words; lowering is always allowed.
+    unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
+}
+
 // ---------------------------------------------------------------------------
 // 3. Landlock
 
@@ -470,12 +620,12 @@ fn split(a: Access) -> BitFlags<AccessFs> {
     }
 }
 
-/// Applies the spec's rules to this process.
+/// Applies the spec's rules to this process; `true` when Landlock enforces them.
 fn landlock(
     spec: &Spec,
     absorbed: Option<&HashSet<PathBuf>>,
     not_enforced: &mut Vec<String>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let mut root = Node::default();
     let mut kept: Vec<(&Path, Access)> = Vec::new();
     for r in &spec.rules {
@@ -540,6 +690,7 @@ fn landlock(
     let status = ruleset
         .restrict_self()
         .context("applying the Landlock rules")?;
+    let enforced = matches!(status.landlock, LandlockStatus::Available { .. });
     match status.landlock {
         LandlockStatus::Available { effective_abi, .. } => {
             let abi = effective_abi as i32;
@@ -577,7 +728,7 @@ fn landlock(
                 .into(),
         ),
     }
-    Ok(())
+    Ok(enforced)
 }
 
 /// Adds the rules for `path` and beneath (see the module's security rule).

@@ -75,6 +75,16 @@ pub(super) struct Spec {
     pub private: Vec<PathBuf>,
     /// Where the command starts (re-entered after the mounts).
     pub cwd: PathBuf,
+    /// Bound over `/etc/resolv.conf` in the command's mount namespace (the
+    /// jail without root has no `ip netns exec` to do it).
+    #[serde(default)]
+    pub resolv_conf: Option<PathBuf>,
+    /// Refuse to run the command unless Landlock enforces the rules. The jail
+    /// without root sets it: there the command runs as the jail's own user,
+    /// and only Landlock keeps it from tracing cell-proxy or rewriting the run
+    /// directory's policy.
+    #[serde(default)]
+    pub require_landlock: bool,
 }
 
 /// Where credentials live, relative to a home directory. Unreadable and
@@ -320,6 +330,8 @@ pub(super) fn plan(host: &Host, user: &[UserRule]) -> anyhow::Result<Spec> {
             .collect(),
         private,
         cwd,
+        resolv_conf: None,
+        require_landlock: false,
     })
 }
 

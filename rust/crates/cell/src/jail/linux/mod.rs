@@ -18,6 +18,7 @@ use super::{Args, JAIL_FAILED};
 mod audit;
 mod confine;
 mod files;
+mod userns;
 use crate::signals::{Signals, unblocked};
 use serde_json::{Value, json};
 
@@ -266,10 +267,12 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     if let Some(spec) = &args.fs_exec {
         return confine::exec(spec, &args.command);
     }
-    if !nix::unistd::geteuid().is_root() {
-        bail!("cell jail needs root (network namespaces and nftables); run it with sudo");
-    }
-    for (tool, pkg) in [("ip", "iproute2"), ("nft", "nftables")] {
+    let root = nix::unistd::geteuid().is_root();
+    for (tool, pkg) in [
+        ("ip", "iproute2"),
+        ("nft", "nftables"),
+        ("sysctl", "procps"),
+    ] {
         if Command::new(tool).arg("-V").output().is_err() {
             bail!("`{tool}` is missing: install {pkg}");
         }
@@ -326,59 +329,18 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     let user_fs = fs_rules(&args, &base)?;
 
     // Namespaces and the link between them.
-    let agent = Netns::create(&format!("cell-jail-{id}-agent"))?;
-    let fw = Netns::create(&format!("cell-jail-{id}-fw"))?;
-    sh(
-        "ip",
-        [
-            "link",
-            "add",
-            "eth0",
-            "netns",
-            agent.name(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "agent0",
-            "netns",
-            fw.name(),
-        ],
-    )?;
-    for (ns, ifc) in [(&agent, "eth0"), (&fw, "agent0")] {
-        // IPv4 only on the jail link: an application tries IPv6 never, not first.
-        ns.exec(
-            "sysctl",
-            &["-qw", &format!("net.ipv6.conf.{ifc}.disable_ipv6=1")],
-        )?;
-    }
-    agent.ip(&["addr", "add", AGENT_ADDR, "dev", "eth0"])?;
-    agent.ip(&["link", "set", "eth0", "up"])?;
-    agent.ip(&["route", "add", "default", "via", FW_ADDR])?;
-    fw.ip(&["addr", "add", &format!("{FW_ADDR}/24"), "dev", "agent0"])?;
-    fw.ip(&["link", "set", "agent0", "up"])?;
-    // Rejected UDP and pings must fail at once, not after the per-destination ICMP rate limit.
-    fw.exec(
-        "sysctl",
-        &["-qw", "net.ipv4.icmp_ratelimit=0", "net.ipv4.ip_forward=1"],
-    )?;
-    // No uplink. The default route points back out the agent link, so a stray packet
-    // meets the ruleset's forward chain (a reset or admin-prohibited, logged) instead of
-    // vanishing in routing, and could only ever go back to the agent.
-    fw.ip(&["route", "add", "default", "dev", "agent0"])?;
+    let topology = if root {
+        Topology::root(id)?
+    } else {
+        Topology::user()?
+    };
     if let Err(code) = signals.check() {
         return Ok(code);
     }
-    let etc = EtcNetns(PathBuf::from("/etc/netns").join(agent.name()));
-    fs::create_dir_all(&etc.0)?;
-    write(
-        &etc.0.join("resolv.conf"),
-        &format!("nameserver {FW_ADDR}\n"),
-    )?;
 
     // The daemon: in this netns, listening and filtering in the firewall one.
     let events = dir.path.join("events.jsonl");
-    let mut cmd = Command::new(&proxy_bin);
+    let mut cmd = topology.proxy_command(&proxy_bin);
     cmd.arg("--policy")
         .arg(&policy_path)
         .arg("--overlay")
@@ -391,7 +353,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         "--agent-addr",
         AGENT_ADDR.split('/').next().expect("an address"),
         "--listen-netns",
-        fw.name(),
+        &topology.listen_netns(),
     ]);
     cmd.arg("--events")
         .arg(&events)
@@ -502,7 +464,15 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         spy: spy_file.as_deref(),
         env: &env,
     };
-    let spec = files::plan(&host, &user_fs)?;
+    let mut spec = files::plan(&host, &user_fs)?;
+    if let Topology::User(_) = &topology {
+        // No `ip netns exec` to bind it: the exec helper does.
+        let resolv = public.join("resolv.conf");
+        write(&resolv, &format!("nameserver {FW_ADDR}\n"))?;
+        fs::set_permissions(&resolv, fs::Permissions::from_mode(0o644))?;
+        spec.resolv_conf = Some(resolv);
+        spec.require_landlock = true;
+    }
     let spec_path = dir.path.join("fs.json");
     spec.write(&spec_path)?;
     let observer = match audit::Observer::start(events.clone(), spec.clone()) {
@@ -514,10 +484,8 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     };
 
     // The command. Ctrl-C reaches it through the terminal; we stay to clean up.
-    let mut child = Command::new("ip");
+    let mut child = topology.agent_command(std::env::current_exe().context("finding cell itself")?);
     child
-        .args(["netns", "exec", agent.name()])
-        .arg(std::env::current_exe().context("finding cell itself")?)
         .args(["jail", "--fs-exec"])
         .arg(&spec_path)
         .arg("--")
@@ -556,9 +524,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     drop(observer);
     let _ = std::io::stderr().flush();
     drop(proxy);
-    drop(etc);
-    drop(fw);
-    drop(agent);
+    drop(topology);
     drop(dir);
     use std::os::unix::process::ExitStatusExt;
     Ok(match (status.code(), status.signal()) {
@@ -566,6 +532,165 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         (None, Some(sig)) => (128 + sig).clamp(0, 255) as u8,
         _ => JAIL_FAILED,
     })
+}
+
+/// The two network namespaces and the link between them.
+enum Topology {
+    /// As root: named namespaces (`ip netns`), the agent's resolv.conf in
+    /// `/etc/netns`.
+    Root {
+        // Field order is drop order: the resolv.conf, then the namespaces.
+        _etc: EtcNetns,
+        fw: Netns,
+        agent: Netns,
+    },
+    /// Without root: a user namespace owning both (see [`userns`]).
+    User(userns::Userns),
+}
+
+impl Topology {
+    fn root(id: u32) -> anyhow::Result<Topology> {
+        let agent = Netns::create(&format!("cell-jail-{id}-agent"))?;
+        let fw = Netns::create(&format!("cell-jail-{id}-fw"))?;
+        sh(
+            "ip",
+            [
+                "link",
+                "add",
+                "eth0",
+                "netns",
+                agent.name(),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "agent0",
+                "netns",
+                fw.name(),
+            ],
+        )?;
+        for (ns, ifc) in [(&agent, "eth0"), (&fw, "agent0")] {
+            // IPv4 only on the jail link: an application tries IPv6 never, not first.
+            ns.exec(
+                "sysctl",
+                &["-qw", &format!("net.ipv6.conf.{ifc}.disable_ipv6=1")],
+            )?;
+        }
+        agent.ip(&["addr", "add", AGENT_ADDR, "dev", "eth0"])?;
+        agent.ip(&["link", "set", "eth0", "up"])?;
+        agent.ip(&["route", "add", "default", "via", FW_ADDR])?;
+        fw.ip(&["addr", "add", &format!("{FW_ADDR}/24"), "dev", "agent0"])?;
+        fw.ip(&["link", "set", "agent0", "up"])?;
+        // Rejected UDP and pings must fail at once, not after the per-destination ICMP rate limit.
+        fw.exec(
+            "sysctl",
+            &["-qw", "net.ipv4.icmp_ratelimit=0", "net.ipv4.ip_forward=1"],
+        )?;
+        // No uplink. The default route points back out the agent link, so a stray packet
+        // meets the ruleset's forward chain (a reset or admin-prohibited, logged) instead of
+        // vanishing in routing, and could only ever go back to the agent.
+        fw.ip(&["route", "add", "default", "dev", "agent0"])?;
+        let etc = EtcNetns(PathBuf::from("/etc/netns").join(agent.name()));
+        fs::create_dir_all(&etc.0)?;
+        write(
+            &etc.0.join("resolv.conf"),
+            &format!("nameserver {FW_ADDR}\n"),
+        )?;
+        Ok(Topology::Root {
+            _etc: etc,
+            fw,
+            agent,
+        })
+    }
+
+    /// The same link and addresses as [`Topology::root`], configured from
+    /// inside the user namespace (`ip -batch`, `sysctl`).
+    fn user() -> anyhow::Result<Topology> {
+        use userns::Net;
+        let ns = userns::Userns::create()?;
+        let agent_fd = ns.fd(Net::Agent).expect("a namespace descriptor");
+        let batch = |net, lines: &str| ns.run(net, "ip", &["-batch", "-"], lines);
+        batch(
+            Net::Firewall,
+            &format!(
+                "link set lo up\nlink add agent0 type veth peer name eth0 netns /proc/self/fd/{agent_fd}\n"
+            ),
+        )?;
+        ns.run(
+            Net::Firewall,
+            "sysctl",
+            &[
+                "-qw",
+                "net.ipv6.conf.agent0.disable_ipv6=1",
+                "net.ipv4.icmp_ratelimit=0",
+                "net.ipv4.ip_forward=1",
+            ],
+            "",
+        )?;
+        ns.run(
+            Net::Agent,
+            "sysctl",
+            &["-qw", "net.ipv6.conf.eth0.disable_ipv6=1"],
+            "",
+        )?;
+        batch(
+            Net::Firewall,
+            &format!(
+                "addr add {FW_ADDR}/24 dev agent0\nlink set agent0 up\nroute add default dev agent0\n"
+            ),
+        )?;
+        batch(
+            Net::Agent,
+            &format!(
+                "link set lo up\naddr add {AGENT_ADDR} dev eth0\nlink set eth0 up\nroute add default via {FW_ADDR}\n"
+            ),
+        )?;
+        // The command runs as this user: it may not trace cell (Landlock
+        // refuses it too; this holds where Yama does not).
+        let _ = nix::sys::prctl::set_dumpable(false);
+        Ok(Topology::User(ns))
+    }
+
+    /// cell-proxy: in this network namespace (its upstream connections),
+    /// listening and filtering in the firewall one ([`Topology::listen_netns`]).
+    fn proxy_command(&self, program: &Path) -> Command {
+        match self {
+            Topology::Root { .. } => Command::new(program),
+            Topology::User(ns) => ns.command(
+                program,
+                userns::Net::Host,
+                true,
+                Some(userns::Net::Firewall),
+            ),
+        }
+    }
+
+    /// cell-proxy's `--listen-netns`.
+    fn listen_netns(&self) -> String {
+        match self {
+            Topology::Root { fw, .. } => fw.name().to_string(),
+            Topology::User(ns) => format!(
+                "/proc/self/fd/{}",
+                ns.fd(userns::Net::Firewall)
+                    .expect("a namespace descriptor")
+            ),
+        }
+    }
+
+    /// `program` started in the agent namespace (the exec helper, which
+    /// confines and runs the command).
+    fn agent_command(&self, program: PathBuf) -> Command {
+        match self {
+            Topology::Root { agent, .. } => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", agent.name()]).arg(program);
+                c
+            }
+            // Capabilities in the user namespace for the helper's mounts and
+            // PID namespace; it drops them all before the command runs.
+            Topology::User(ns) => ns.command(program, userns::Net::Agent, true, None),
+        }
+    }
 }
 
 /// `Ok(Err(code))` when a signal ended the wait.
