@@ -18,23 +18,50 @@ thread_local! {
     static AS_USER: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
 }
 
+/// The rootless test's own directory (binaries, home, trees), outside the
+/// checkout: the uid may not be able to traverse to it (a clone under
+/// /root). Removed when the test ends.
+struct UserScratch(PathBuf);
+
+impl Drop for UserScratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Runs this test's jails as an unprivileged uid of its own (no account
-/// needed: `setpriv` switches to it, and nothing is created on the machine);
-/// false (and SKIPPED, or a failure in CI) where the test runner is not root.
-fn as_user(test: &str) -> bool {
+/// needed: `setpriv` switches to it, and nothing is created on the machine
+/// but the scratch directory); `None` (and SKIPPED, or a failure in CI)
+/// where the test runner is not root.
+fn as_user(test: &str) -> Option<UserScratch> {
+    use std::os::unix::fs::PermissionsExt;
     if !nix::unistd::geteuid().is_root() {
         if std::env::var_os("CI").is_some() {
             panic!("the rootless jail tests switch to their own uid: run them as root");
         }
         eprintln!("SKIPPED: switching to a test uid needs root");
-        return false;
+        return None;
     }
     // One uid per test, so one test's leftover check never sees another's processes.
     let hash = test
         .bytes()
         .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b.into()));
-    AS_USER.set(Some(61_000 + hash % 4_000));
-    true
+    let uid = 61_000 + hash % 4_000;
+    // Not /tmp: the jail gives the command a private one.
+    let dir = PathBuf::from(format!("/var/tmp/cell-jail-test-{uid}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    AS_USER.set(Some(uid));
+    Some(UserScratch(dir))
+}
+
+/// Where a test keeps its trees and homes: the rootless scratch directory, or the target's.
+fn scratch_base() -> PathBuf {
+    match user() {
+        Some(uid) => PathBuf::from(format!("/var/tmp/cell-jail-test-{uid}")),
+        None => PathBuf::from(env!("CARGO_TARGET_TMPDIR")),
+    }
 }
 
 fn user() -> Option<u32> {
@@ -65,7 +92,7 @@ fn cell_command(lab: Option<&Lab>, cell: &Path) -> std::process::Command {
         let uid = uid.to_string();
         c.args(["--reuid", &uid, "--regid", &uid, "--clear-groups", "--"])
             .arg(cell);
-        let home = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("home-{uid}"));
+        let home = scratch_base().join("home");
         std::fs::create_dir_all(&home).unwrap();
         share(&home);
         c.env("HOME", &home).current_dir(&home);
@@ -112,6 +139,15 @@ fn bins() -> Option<(PathBuf, PathBuf)> {
             proxy.display()
         );
         return None;
+    }
+    if user().is_some() {
+        // Copies the test's uid can reach, wherever the checkout is.
+        let dir = scratch_base().join("bin");
+        std::fs::create_dir_all(&dir).unwrap();
+        let (c, p) = (dir.join("cell"), dir.join("cell-proxy"));
+        std::fs::copy(&cell, &c).unwrap();
+        std::fs::copy(&proxy, &p).unwrap();
+        return Some((c, p));
     }
     Some((cell, proxy))
 }
@@ -204,7 +240,7 @@ fn jail_runs_commands_behind_the_firewall() {
 /// [`jail_runs_commands_behind_the_firewall`], by an unprivileged user: the jail in a user namespace of its own.
 #[test]
 fn rootless_jail_runs_commands_behind_the_firewall() {
-    if as_user("jail_runs_commands_behind_the_firewall") {
+    if let Some(_scratch) = as_user("jail_runs_commands_behind_the_firewall") {
         runs_commands_behind_the_firewall();
     }
 }
@@ -325,7 +361,9 @@ fn jail_secrets_reach_their_host_only_and_the_command_holds_the_placeholder() {
 /// [`jail_secrets_reach_their_host_only_and_the_command_holds_the_placeholder`], by an unprivileged user: the jail in a user namespace of its own.
 #[test]
 fn rootless_jail_secrets_reach_their_host_only_and_the_command_holds_the_placeholder() {
-    if as_user("jail_secrets_reach_their_host_only_and_the_command_holds_the_placeholder") {
+    if let Some(_scratch) =
+        as_user("jail_secrets_reach_their_host_only_and_the_command_holds_the_placeholder")
+    {
         secrets_reach_their_host_only_and_the_command_holds_the_placeholder();
     }
 }
@@ -488,7 +526,9 @@ fn jail_spy_records_the_provider_exchange_and_cell_spy_decodes_it() {
 /// [`jail_spy_records_the_provider_exchange_and_cell_spy_decodes_it`], by an unprivileged user: the jail in a user namespace of its own.
 #[test]
 fn rootless_jail_spy_records_the_provider_exchange_and_cell_spy_decodes_it() {
-    if as_user("jail_spy_records_the_provider_exchange_and_cell_spy_decodes_it") {
+    if let Some(_scratch) =
+        as_user("jail_spy_records_the_provider_exchange_and_cell_spy_decodes_it")
+    {
         spy_records_the_provider_exchange_and_cell_spy_decodes_it();
     }
 }
@@ -632,7 +672,7 @@ fn jail_cleans_up_on_ctrl_c_and_sigterm() {
 /// [`jail_cleans_up_on_ctrl_c_and_sigterm`], by an unprivileged user.
 #[test]
 fn rootless_jail_cleans_up_on_ctrl_c_and_sigterm() {
-    if as_user("jail_cleans_up_on_ctrl_c_and_sigterm") {
+    if let Some(_scratch) = as_user("jail_cleans_up_on_ctrl_c_and_sigterm") {
         cleans_up_on_ctrl_c_and_sigterm();
     }
 }
@@ -773,7 +813,7 @@ const KEY: &str = "ssh-key-secret-6f1d0a";
 const DOTENV: &str = "dotenv-secret-93be27";
 
 fn tree() -> Tree {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let dir = tempfile::tempdir_in(scratch_base()).unwrap();
     let root = std::fs::canonicalize(dir.path()).unwrap();
     let (home, proj, outside) = (root.join("home"), root.join("proj"), root.join("outside"));
     for d in [
@@ -876,7 +916,7 @@ fn jail_confines_the_filesystem() {
 /// [`jail_confines_the_filesystem`], by an unprivileged user: the jail in a user namespace of its own.
 #[test]
 fn rootless_jail_confines_the_filesystem() {
-    if as_user("jail_confines_the_filesystem") {
+    if let Some(_scratch) = as_user("jail_confines_the_filesystem") {
         confines_the_filesystem();
     }
 }
