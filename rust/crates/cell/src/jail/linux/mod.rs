@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use cell_netns::{Netns, sh};
+use cell_netns::Netns;
 
 use super::{Args, JAIL_FAILED};
 
@@ -68,6 +68,20 @@ impl Drop for ProxyProcess {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// `program`'s executable on `$PATH` (or the sbin directories `ip` and
+/// `nft` live in, which an ordinary user's `$PATH` may lack).
+fn on_path(program: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join(program))
+        .find(|c| {
+            c.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }
 
 fn find_proxy(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
@@ -273,7 +287,8 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         ("nft", "nftables"),
         ("sysctl", "procps"),
     ] {
-        if Command::new(tool).arg("-V").output().is_err() {
+        // Looked up, not run: each start of a tool costs milliseconds.
+        if on_path(tool).is_none() {
             bail!("`{tool}` is missing: install {pkg}");
         }
     }
@@ -549,47 +564,84 @@ enum Topology {
 }
 
 impl Topology {
+    /// Three `ip -batch` runs (each start of `ip` costs milliseconds) and
+    /// the sysctls written from a thread inside each namespace.
     fn root(id: u32) -> anyhow::Result<Topology> {
-        let agent = Netns::create(&format!("cell-jail-{id}-agent"))?;
-        let fw = Netns::create(&format!("cell-jail-{id}-fw"))?;
-        sh(
-            "ip",
-            [
-                "link",
-                "add",
-                "eth0",
-                "netns",
-                agent.name(),
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "agent0",
-                "netns",
-                fw.name(),
+        let (a, f) = (
+            format!("cell-jail-{id}-agent"),
+            format!("cell-jail-{id}-fw"),
+        );
+        let batch = |ns: Option<&str>, lines: &str| -> anyhow::Result<()> {
+            let mut c = Command::new("ip");
+            if let Some(ns) = ns {
+                c.args(["-n", ns]);
+            }
+            let mut child = c
+                .args(["-batch", "-"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .context("running ip")?;
+            child
+                .stdin
+                .take()
+                .expect("piped")
+                .write_all(lines.as_bytes())?;
+            let out = child.wait_with_output()?;
+            if !out.status.success() {
+                bail!(
+                    "`ip -batch` failed: {}\n{lines}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            Ok(())
+        };
+        // Adopted before they exist, so a failure half-way still removes both.
+        let agent = Netns::adopt(&a);
+        let fw = Netns::adopt(&f);
+        batch(
+            None,
+            &format!(
+                "netns add {a}\nnetns add {f}\nlink add eth0 netns {a} type veth peer name agent0 netns {f}\n"
+            ),
+        )
+        .context("creating the jail's network namespaces (needs root)")?;
+        let sysctl = |ns: &str, settings: &[(&str, &str)]| -> anyhow::Result<()> {
+            cell_netns::run_in(ns, || {
+                for (key, value) in settings {
+                    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+                    fs::write(&path, value).with_context(|| format!("setting {key}"))?;
+                }
+                anyhow::Ok(())
+            })?
+        };
+        // IPv4 only on the jail link: an application tries IPv6 never, not first.
+        sysctl(&a, &[("net.ipv6.conf.eth0.disable_ipv6", "1")])?;
+        // Rejected UDP and pings must fail at once, not after the per-destination ICMP rate limit.
+        sysctl(
+            &f,
+            &[
+                ("net.ipv6.conf.agent0.disable_ipv6", "1"),
+                ("net.ipv4.icmp_ratelimit", "0"),
+                ("net.ipv4.ip_forward", "1"),
             ],
         )?;
-        for (ns, ifc) in [(&agent, "eth0"), (&fw, "agent0")] {
-            // IPv4 only on the jail link: an application tries IPv6 never, not first.
-            ns.exec(
-                "sysctl",
-                &["-qw", &format!("net.ipv6.conf.{ifc}.disable_ipv6=1")],
-            )?;
-        }
-        agent.ip(&["addr", "add", AGENT_ADDR, "dev", "eth0"])?;
-        agent.ip(&["link", "set", "eth0", "up"])?;
-        agent.ip(&["route", "add", "default", "via", FW_ADDR])?;
-        fw.ip(&["addr", "add", &format!("{FW_ADDR}/24"), "dev", "agent0"])?;
-        fw.ip(&["link", "set", "agent0", "up"])?;
-        // Rejected UDP and pings must fail at once, not after the per-destination ICMP rate limit.
-        fw.exec(
-            "sysctl",
-            &["-qw", "net.ipv4.icmp_ratelimit=0", "net.ipv4.ip_forward=1"],
+        batch(
+            Some(&a),
+            &format!(
+                "link set lo up\naddr add {AGENT_ADDR} dev eth0\nlink set eth0 up\nroute add default via {FW_ADDR}\n"
+            ),
         )?;
         // No uplink. The default route points back out the agent link, so a stray packet
         // meets the ruleset's forward chain (a reset or admin-prohibited, logged) instead of
         // vanishing in routing, and could only ever go back to the agent.
-        fw.ip(&["route", "add", "default", "dev", "agent0"])?;
+        batch(
+            Some(&f),
+            &format!(
+                "link set lo up\naddr add {FW_ADDR}/24 dev agent0\nlink set agent0 up\nroute add default dev agent0\n"
+            ),
+        )?;
         let etc = EtcNetns(PathBuf::from("/etc/netns").join(agent.name()));
         fs::create_dir_all(&etc.0)?;
         write(
@@ -721,6 +773,6 @@ fn wait_ready(
                 fs::read_to_string(log).unwrap_or_default().trim()
             );
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
