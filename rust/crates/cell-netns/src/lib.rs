@@ -141,13 +141,21 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        // Kill whatever is left inside, then remove the namespace.
-        if let Ok(out) = Command::new("ip")
-            .args(["netns", "pids", &self.name])
-            .output()
-        {
-            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                if let Ok(pid) = pid.parse::<i32>() {
+        // Kill whatever is left inside, then remove the namespace: what
+        // `ip netns pids` and `ip netns del` do, without starting `ip` twice.
+        use std::os::unix::fs::MetadataExt;
+        let path = format!("/run/netns/{}", self.name);
+        let Ok(ns) = std::fs::metadata(&path) else {
+            return;
+        };
+        if let Ok(procs) = std::fs::read_dir("/proc") {
+            for e in procs.flatten() {
+                let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else {
+                    continue;
+                };
+                if std::fs::metadata(e.path().join("ns/net"))
+                    .is_ok_and(|m| m.ino() == ns.ino() && m.dev() == ns.dev())
+                {
                     let _ = nix::sys::signal::kill(
                         nix::unistd::Pid::from_raw(pid),
                         nix::sys::signal::Signal::SIGKILL,
@@ -155,9 +163,7 @@ impl Drop for Netns {
                 }
             }
         }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .stderr(Stdio::null())
-            .status();
+        let _ = nix::mount::umount2(path.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_file(&path);
     }
 }
