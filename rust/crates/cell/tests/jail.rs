@@ -56,11 +56,13 @@ fn as_user(test: &str) -> Option<UserScratch> {
     Some(UserScratch(dir))
 }
 
-/// Where a test keeps its trees and homes: the rootless scratch directory, or the target's.
+/// Where a test keeps its trees and homes: the rootless scratch directory,
+/// or /var/tmp — never /tmp, which the jail replaces with a private one (and
+/// the checkout, with its target directory, may be in /tmp).
 fn scratch_base() -> PathBuf {
     match user() {
         Some(uid) => PathBuf::from(format!("/var/tmp/cell-jail-test-{uid}")),
-        None => PathBuf::from(env!("CARGO_TARGET_TMPDIR")),
+        None => PathBuf::from("/var/tmp"),
     }
 }
 
