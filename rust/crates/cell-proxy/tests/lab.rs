@@ -570,7 +570,16 @@ fn lookups_are_json_events() {
     };
     ask(&lab, "a.example.test.", RecordType::A);
     ask(&lab, "nope.example.test.", RecordType::TXT);
-    let events = lab.events();
+    // The event log is written by its own task: the answer can arrive first.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let events = loop {
+        let events = lab.events();
+        let n = events.iter().filter(|e| e["event"] == "dns").count();
+        if n >= 2 || std::time::Instant::now() > deadline {
+            break events;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
     let dns: Vec<_> = events.iter().filter(|e| e["event"] == "dns").collect();
     assert_eq!(dns.len(), 2, "{events:?}");
     let (allow, deny) = (dns[0], dns[1]);
