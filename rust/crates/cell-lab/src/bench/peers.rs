@@ -452,9 +452,24 @@ pub fn jail_startup(
     let out_json = lab.dir.join("jail-startup.json");
     let srt_cmd = format!("{} -s {} true", srt.display(), settings.display());
     let cell_cmd = format!("{} jail --allow example.test -- true", cell.display());
+    // The same without root (`nobody`), from copies that user can reach
+    // wherever the checkout is.
+    let bin = lab.dir.join("rootless-bin");
+    let home = lab.dir.join("rootless-home");
+    std::fs::create_dir_all(&bin)?;
+    std::fs::create_dir_all(&home)?;
+    std::os::unix::fs::chown(&home, Some(65534), Some(65534))?;
+    std::fs::copy(cell, bin.join("cell"))?;
+    std::fs::copy(cell.with_file_name("cell-proxy"), bin.join("cell-proxy"))?;
+    let rootless_cmd = format!(
+        "setpriv --reuid 65534 --regid 65534 --clear-groups env HOME={} {} jail --allow example.test -- true",
+        home.display(),
+        bin.join("cell").display()
+    );
     let out = lab
         .firewall
         .command(hyperfine)
+        .current_dir(&home)
         .args([
             "-N",
             "--warmup",
@@ -466,6 +481,11 @@ pub fn jail_startup(
         .arg(&out_json)
         .args(["--command-name", "srt true", &srt_cmd])
         .args(["--command-name", "cell jail -- true", &cell_cmd])
+        .args([
+            "--command-name",
+            "cell jail -- true (no root)",
+            &rootless_cmd,
+        ])
         .output()
         .context("running hyperfine")?;
     std::fs::write(
