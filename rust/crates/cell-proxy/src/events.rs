@@ -42,8 +42,15 @@ impl std::str::FromStr for Sink {
 
 #[derive(Clone)]
 pub struct EventLog {
-    tx: SyncSender<String>,
+    tx: SyncSender<Msg>,
     dropped: Arc<AtomicU64>,
+}
+
+/// What the writer thread receives: a line, or a barrier it answers once
+/// every line sent before it is written.
+enum Msg {
+    Line(String),
+    Flush(SyncSender<()>),
 }
 
 const QUEUE: usize = 8192;
@@ -150,13 +157,20 @@ impl EventLog {
                     .with_context(|| format!("opening event log {}", p.display()))?,
             ),
         };
-        let (tx, rx) = sync_channel::<String>(QUEUE);
+        let (tx, rx) = sync_channel::<Msg>(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
         let counter = dropped.clone();
         std::thread::Builder::new()
             .name("events".into())
             .spawn(move || {
-                while let Ok(line) = rx.recv() {
+                while let Ok(msg) = rx.recv() {
+                    let line = match msg {
+                        Msg::Line(line) => line,
+                        Msg::Flush(done) => {
+                            let _ = done.try_send(());
+                            continue;
+                        }
+                    };
                     let lost = counter.swap(0, Ordering::Relaxed);
                     if lost > 0 {
                         let _ = out.write_line(&line_for(event(
@@ -173,9 +187,28 @@ impl EventLog {
         Ok(EventLog { tx, dropped })
     }
 
+    /// Waits (at most `timeout`) until every event emitted before is written.
+    pub fn flush(&self, timeout: std::time::Duration) {
+        let (done, wait) = sync_channel(1);
+        let deadline = std::time::Instant::now() + timeout;
+        let mut msg = Msg::Flush(done);
+        // The queue may be full: retry until there is room or time is up.
+        loop {
+            match self.tx.try_send(msg) {
+                Ok(()) => break,
+                Err(TrySendError::Full(m)) if std::time::Instant::now() < deadline => {
+                    msg = m;
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(_) => return,
+            }
+        }
+        let _ = wait.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()));
+    }
+
     /// Records an event; never blocks.
     pub fn emit(&self, fields: Map<String, Value>) {
-        match self.tx.try_send(line_for(fields)) {
+        match self.tx.try_send(Msg::Line(line_for(fields))) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);

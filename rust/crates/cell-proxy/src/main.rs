@@ -651,7 +651,11 @@ async fn serve(
     tracing::info!("shutting down; firewall rules stay in place (fail closed)");
     let _ = tokio::time::timeout(Duration::from_secs(2), server.shutdown_gracefully()).await;
     events.emit(event("stopped", []));
-    // Give the event writer a moment to flush the last line.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Everything recorded and logged so far reaches its file before exit
+    // (waiting for the writers, not a fixed pause: `cell jail` waits for this).
+    if let Some(spy) = state.spy.get() {
+        spy.flush(Duration::from_secs(1));
+    }
+    events.flush(Duration::from_secs(1));
     Ok(())
 }

@@ -76,12 +76,19 @@ fn safe(name: &str) -> bool {
 /// An exchange to redact, serialise and write, on the recorder's thread.
 type Job = Box<dyn FnOnce() -> Map<String, Value> + Send>;
 
+/// What the recorder's thread receives: an exchange to write, or a barrier
+/// it answers once everything before it is in the store.
+enum Work {
+    Job(Job),
+    Flush(SyncSender<()>),
+}
+
 /// Exchanges waiting for the recorder's thread; past this they are dropped.
 const QUEUE: usize = 1024;
 
 /// Where exchanges go and how much of each is kept.
 pub struct Recorder {
-    jobs: SyncSender<Job>,
+    jobs: SyncSender<Work>,
     dropped: Arc<AtomicU64>,
     body_max: usize,
     next: AtomicU64,
@@ -91,13 +98,21 @@ impl Recorder {
     /// A store at `path`, rotated like the event log.
     pub fn open(path: &std::path::Path, bounds: Bounds, body_max: usize) -> anyhow::Result<Self> {
         let log = EventLog::open(&Sink::File(path.to_path_buf()), bounds)?;
-        let (jobs, rx) = sync_channel::<Job>(QUEUE);
+        let (jobs, rx) = sync_channel::<Work>(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
         let counter = dropped.clone();
         std::thread::Builder::new()
             .name("spy".into())
             .spawn(move || {
-                while let Ok(job) = rx.recv() {
+                while let Ok(work) = rx.recv() {
+                    let job = match work {
+                        Work::Job(job) => job,
+                        Work::Flush(done) => {
+                            log.flush(std::time::Duration::from_secs(1));
+                            let _ = done.try_send(());
+                            continue;
+                        }
+                    };
                     let lost = counter.swap(0, Ordering::Relaxed);
                     if lost > 0 {
                         log.emit(event("events-dropped", [("count", lost.into())]));
@@ -114,9 +129,30 @@ impl Recorder {
     }
 
     fn submit(&self, job: Job) {
-        if self.jobs.try_send(job).is_err() {
+        if self.jobs.try_send(Work::Job(job)).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Waits (at most `timeout`) until every exchange submitted before is in the store.
+    pub fn flush(&self, timeout: std::time::Duration) {
+        let (done, wait) = sync_channel(1);
+        let deadline = std::time::Instant::now() + timeout;
+        let mut work = Work::Flush(done);
+        // The queue may be full: retry until there is room or time is up.
+        loop {
+            match self.jobs.try_send(work) {
+                Ok(()) => break,
+                Err(std::sync::mpsc::TrySendError::Full(w))
+                    if std::time::Instant::now() < deadline =>
+                {
+                    work = w;
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(_) => return,
+            }
+        }
+        let _ = wait.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()));
     }
 
     /// A capture for one body.
