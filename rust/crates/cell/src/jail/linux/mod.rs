@@ -63,7 +63,7 @@ impl Drop for ProxyProcess {
             if let Ok(Some(_)) = self.0.try_wait() {
                 return;
             }
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(2));
         }
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -295,11 +295,20 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     let proxy_bin = find_proxy(args.proxy.clone())?;
     let signals = Signals::install()?;
     let id = std::process::id();
-    let path = std::env::temp_dir().join(format!("cell-jail-{id}"));
-    fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&path)
-        .with_context(|| format!("creating {}", path.display()))?;
+    // A directory of this name may be a kept (--keep) or crashed run of an
+    // earlier process with this pid: never touched, the next free name is used.
+    let mut path = std::env::temp_dir().join(format!("cell-jail-{id}"));
+    for n in 1.. {
+        match fs::DirBuilder::new().mode(0o700).create(&path) {
+            Ok(()) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 100 => {
+                path = std::env::temp_dir().join(format!("cell-jail-{id}-{n}"));
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("creating {}", path.display()));
+            }
+        }
+    }
     let dir = RunDir {
         path,
         keep: args.keep,
