@@ -97,7 +97,10 @@ fn cell_command(lab: Option<&Lab>, cell: &Path) -> std::process::Command {
         let home = scratch_base().join("home");
         std::fs::create_dir_all(&home).unwrap();
         share(&home);
-        c.env("HOME", &home).current_dir(&home);
+        // An ordinary user's PATH (Debian's default): no sbin, where ip and nft live.
+        c.env("HOME", &home)
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .current_dir(&home);
     }
     c
 }
@@ -750,6 +753,12 @@ fn cleans_up_on_ctrl_c_and_sigterm() {
         );
         let left = leftovers(pid.as_raw() as u32);
         assert!(left.is_empty(), "{signal:?} left behind: {left:?}");
+        let run = std::env::temp_dir().join(format!("cell-jail-{pid}"));
+        assert!(
+            !run.exists(),
+            "{signal:?}: {} outlived the jail",
+            run.display()
+        );
         assert_eq!(
             processes_running(&daemon_cmdline),
             Vec::<String>::new(),

@@ -70,6 +70,19 @@ impl Drop for ProxyProcess {
     }
 }
 
+/// The tools' absolute paths, found once by [`on_path`]: an ordinary user's
+/// `$PATH` often lacks the sbin directories they live in, so they are never
+/// started by bare name.
+static TOOLS: std::sync::OnceLock<Vec<(&'static str, PathBuf)>> = std::sync::OnceLock::new();
+
+/// The path of a tool checked at start (`ip`, `nft`, `sysctl`).
+fn tool(name: &str) -> PathBuf {
+    TOOLS
+        .get()
+        .and_then(|t| t.iter().find(|(n, _)| *n == name).map(|(_, p)| p.clone()))
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
 /// `program`'s executable on `$PATH` (or the sbin directories `ip` and
 /// `nft` live in, which an ordinary user's `$PATH` may lack).
 fn on_path(program: &str) -> Option<PathBuf> {
@@ -282,16 +295,19 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         return confine::exec(spec, &args.command);
     }
     let root = nix::unistd::geteuid().is_root();
+    let mut tools = Vec::new();
     for (tool, pkg) in [
         ("ip", "iproute2"),
         ("nft", "nftables"),
         ("sysctl", "procps"),
     ] {
         // Looked up, not run: each start of a tool costs milliseconds.
-        if on_path(tool).is_none() {
+        let Some(path) = on_path(tool) else {
             bail!("`{tool}` is missing: install {pkg}");
-        }
+        };
+        tools.push((tool, path));
     }
+    let _ = TOOLS.set(tools);
     let proxy_bin = find_proxy(args.proxy.clone())?;
     let signals = Signals::install()?;
     let id = std::process::id();
@@ -379,6 +395,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         "--listen-netns",
         &topology.listen_netns(),
     ]);
+    cmd.arg("--nft").arg(tool("nft"));
     cmd.arg("--events")
         .arg(&events)
         .arg("--state-dir")
@@ -581,7 +598,7 @@ impl Topology {
             format!("cell-jail-{id}-fw"),
         );
         let batch = |ns: Option<&str>, lines: &str| -> anyhow::Result<()> {
-            let mut c = Command::new("ip");
+            let mut c = Command::new(tool("ip"));
             if let Some(ns) = ns {
                 c.args(["-n", ns]);
             }
@@ -670,7 +687,9 @@ impl Topology {
         use userns::Net;
         let ns = userns::Userns::create()?;
         let agent_fd = ns.fd(Net::Agent).expect("a namespace descriptor");
-        let batch = |net, lines: &str| ns.run(net, "ip", &["-batch", "-"], lines);
+        let ip = tool("ip");
+        let sysctl = tool("sysctl");
+        let batch = |net, lines: &str| ns.run(net, &ip, &["-batch", "-"], lines);
         batch(
             Net::Firewall,
             &format!(
@@ -679,7 +698,7 @@ impl Topology {
         )?;
         ns.run(
             Net::Firewall,
-            "sysctl",
+            &sysctl,
             &[
                 "-qw",
                 "net.ipv6.conf.agent0.disable_ipv6=1",
@@ -690,7 +709,7 @@ impl Topology {
         )?;
         ns.run(
             Net::Agent,
-            "sysctl",
+            &sysctl,
             &["-qw", "net.ipv6.conf.eth0.disable_ipv6=1"],
             "",
         )?;
@@ -743,7 +762,7 @@ impl Topology {
     fn agent_command(&self, program: PathBuf) -> Command {
         match self {
             Topology::Root { agent, .. } => {
-                let mut c = Command::new("ip");
+                let mut c = Command::new(tool("ip"));
                 c.args(["netns", "exec", agent.name()]).arg(program);
                 c
             }

@@ -135,10 +135,12 @@ impl Userns {
     pub(super) fn run(
         &self,
         net: Net,
-        program: &str,
+        program: &std::path::Path,
         args: &[&str],
         input: &str,
     ) -> anyhow::Result<()> {
+        let program_name = program.display().to_string();
+        let program_name = program_name.as_str();
         let mut child = self
             .command(program, net, true, Some(Net::Agent))
             .args(args)
@@ -146,18 +148,18 @@ impl Userns {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .with_context(|| format!("running {program} (is it installed?)"))?;
+            .with_context(|| format!("running {program_name} (is it installed?)"))?;
         {
             use std::io::Write;
             let mut stdin = child.stdin.take().expect("piped");
             stdin
                 .write_all(input.as_bytes())
-                .with_context(|| format!("writing to {program}"))?;
+                .with_context(|| format!("writing to {program_name}"))?;
         }
         let out = child.wait_with_output()?;
         if !out.status.success() {
             bail!(
-                "`{program} {}` failed inside the jail's user namespace: {}\n{}",
+                "`{program_name} {}` failed inside the jail's user namespace: {}\n{}",
                 args.join(" "),
                 String::from_utf8_lossy(&out.stderr).trim(),
                 fix()
