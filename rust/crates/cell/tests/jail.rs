@@ -706,8 +706,12 @@ fn cleans_up_on_ctrl_c_and_sigterm() {
         (nix::sys::signal::Signal::SIGINT, true),
         (nix::sys::signal::Signal::SIGTERM, false),
     ] {
-        // One distinct daemon per test process (tests run side by side).
-        let daemon = format!("{}", 100_000 + std::process::id() % 100_000);
+        // One distinct daemon per test (tests run side by side, as processes
+        // or as threads of one: the uid tells the root and rootless runs apart).
+        let daemon = format!(
+            "{}",
+            100_000 + (std::process::id() + user().unwrap_or(0)) % 100_000
+        );
         let mut c = cell_command(Some(&lab), &cell);
         c.arg("jail").arg("--proxy").arg(&proxy).args([
             "--dns-upstream",
