@@ -682,6 +682,119 @@ fn rootless_jail_cleans_up_on_ctrl_c_and_sigterm() {
     }
 }
 
+/// Where the machine allows no unprivileged user namespace, the rootless jail
+/// says which switch is off and prints the exact fix, and starts nothing. The
+/// switch is really off: `user.max_user_namespaces` is 0 inside a user
+/// namespace this test makes (as root, with the test uid mapped in), so the
+/// machine's own setting is never touched.
+#[test]
+fn rootless_jail_says_how_to_turn_user_namespaces_on() {
+    use std::ffi::CString;
+    use std::io::Read;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let Some(_scratch) = as_user("rootless_jail_says_how_to_turn_user_namespaces_on") else {
+        return;
+    };
+    let Some((cell, _)) = bins() else { return };
+    let uid = user().unwrap();
+    let home = scratch_base();
+    share(&home);
+    // Everything the child needs, made before fork (it runs only syscalls).
+    let c = |s: &str| CString::new(s).unwrap();
+    let argv_owned = [
+        c(cell.to_str().unwrap()),
+        c("jail"),
+        c("--allow"),
+        c("example.test"),
+        c("--"),
+        c("true"),
+    ];
+    let mut argv: Vec<*const libc::c_char> = argv_owned.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let env_owned = [
+        c(&format!("HOME={}", home.display())),
+        c("PATH=/usr/local/bin:/usr/bin:/bin"),
+    ];
+    let mut envp: Vec<*const libc::c_char> = env_owned.iter().map(|a| a.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    let sysctl = c("/proc/sys/user/max_user_namespaces");
+    let home_c = c(home.to_str().unwrap());
+    // SAFETY: pipe2 fills the two-element array with new descriptors this test owns.
+    let pipe = || {
+        let mut fds = [0; 2];
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    };
+    let (ready_r, ready_w) = pipe();
+    let (go_r, go_w) = pipe();
+    let (out_r, out_w) = pipe();
+    // SAFETY: the child makes only async-signal-safe calls on what was prepared above.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        // SAFETY: raw syscalls on prepared, NUL-terminated strings and owned descriptors.
+        unsafe {
+            // Only the parent holds the write end of `go`: if it fails, this ends.
+            libc::close(go_w.as_raw_fd());
+            let mut b = 0u8;
+            if libc::unshare(libc::CLONE_NEWUSER) != 0 {
+                libc::_exit(90);
+            }
+            libc::write(ready_w.as_raw_fd(), (&b as *const u8).cast(), 1);
+            if libc::read(go_r.as_raw_fd(), (&mut b as *mut u8).cast(), 1) != 1 {
+                libc::_exit(94);
+            }
+            // Root of the new namespace (mapped to root): no user namespace below it.
+            let fd = libc::open(sysctl.as_ptr(), libc::O_WRONLY);
+            if fd < 0 || libc::write(fd, c"0".as_ptr().cast(), 1) != 1 {
+                libc::_exit(91);
+            }
+            libc::close(fd);
+            libc::dup2(out_w.as_raw_fd(), 2);
+            libc::dup2(out_w.as_raw_fd(), 1);
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(uid) != 0
+                || libc::setuid(uid) != 0
+                || libc::chdir(home_c.as_ptr()) != 0
+            {
+                libc::_exit(92);
+            }
+            libc::execve(argv[0], argv.as_ptr(), envp.as_ptr());
+            libc::_exit(93);
+        }
+    }
+    drop((ready_w, go_r, out_w));
+    let mut b = [0u8; 1];
+    std::fs::File::from(ready_r).read_exact(&mut b).unwrap();
+    for map in ["uid_map", "gid_map"] {
+        std::fs::write(
+            format!("/proc/{pid}/{map}"),
+            format!("0 0 1\n{uid} {uid} 1\n"),
+        )
+        .unwrap();
+    }
+    assert_eq!(
+        unsafe { libc::write(go_w.as_raw_fd(), b"x".as_ptr().cast(), 1) },
+        1
+    );
+    drop(go_w);
+    let mut said = String::new();
+    std::fs::File::from(out_r)
+        .read_to_string(&mut said)
+        .unwrap();
+    let mut status = 0;
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status), "{status:#x}: {said}");
+    assert_eq!(libc::WEXITSTATUS(status), 125, "{said}");
+    assert!(
+        said.contains("user.max_user_namespaces = 0")
+            && said.contains("sudo sysctl -w user.max_user_namespaces=15000")
+            && said.contains("run it with sudo"),
+        "{said}"
+    );
+    assert!(user_processes().is_empty(), "{:?}", user_processes());
+}
+
 /// Processes anywhere whose command line is `cmdline` (NUL-separated).
 fn processes_running(cmdline: &str) -> Vec<String> {
     std::fs::read_dir("/proc")
