@@ -191,19 +191,10 @@ impl EventLog {
     pub fn flush(&self, timeout: std::time::Duration) {
         let (done, wait) = sync_channel(1);
         let deadline = std::time::Instant::now() + timeout;
-        let mut msg = Msg::Flush(done);
-        // The queue may be full: retry until there is room or time is up.
-        loop {
-            match self.tx.try_send(msg) {
-                Ok(()) => break,
-                Err(TrySendError::Full(m)) if std::time::Instant::now() < deadline => {
-                    msg = m;
-                    std::thread::sleep(std::time::Duration::from_millis(1));
-                }
-                Err(_) => return,
-            }
+        if send_until(&self.tx, Msg::Flush(done), deadline) {
+            let _ =
+                wait.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()));
         }
-        let _ = wait.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()));
     }
 
     /// Records an event; never blocks.
@@ -213,6 +204,21 @@ impl EventLog {
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
+        }
+    }
+}
+
+/// Sends `msg` on a bounded queue that may be full, retrying until there is
+/// room or `deadline` passes; `false` when it was not sent.
+pub(crate) fn send_until<T>(tx: &SyncSender<T>, mut msg: T, deadline: std::time::Instant) -> bool {
+    loop {
+        match tx.try_send(msg) {
+            Ok(()) => return true,
+            Err(TrySendError::Full(m)) if std::time::Instant::now() < deadline => {
+                msg = m;
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Err(_) => return false,
         }
     }
 }

@@ -138,21 +138,10 @@ impl Recorder {
     pub fn flush(&self, timeout: std::time::Duration) {
         let (done, wait) = sync_channel(1);
         let deadline = std::time::Instant::now() + timeout;
-        let mut work = Work::Flush(done);
-        // The queue may be full: retry until there is room or time is up.
-        loop {
-            match self.jobs.try_send(work) {
-                Ok(()) => break,
-                Err(std::sync::mpsc::TrySendError::Full(w))
-                    if std::time::Instant::now() < deadline =>
-                {
-                    work = w;
-                    std::thread::sleep(std::time::Duration::from_millis(1));
-                }
-                Err(_) => return,
-            }
+        if crate::events::send_until(&self.jobs, Work::Flush(done), deadline) {
+            let _ =
+                wait.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()));
         }
-        let _ = wait.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()));
     }
 
     /// A capture for one body.

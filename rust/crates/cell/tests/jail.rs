@@ -179,6 +179,12 @@ fn jail_env(
         .arg("--upstream-ca")
         .arg(lab.dir.join("internet-ca.pem"));
     c.args(flags).arg("--").args(cmd);
+    run_checked(c, flags).1
+}
+
+/// Runs a prepared `cell jail`; checks that nothing of it is left: named
+/// namespaces, the test uid's processes, the run directory (unless kept).
+fn run_checked(mut c: std::process::Command, flags: &[&str]) -> (u32, Output) {
     c.stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let child = c.spawn().unwrap();
@@ -193,7 +199,7 @@ fn jail_env(
     if !flags.contains(&"--keep") {
         assert!(!run.exists(), "{} outlived the jail", run.display());
     }
-    out
+    (pid, out)
 }
 
 /// Namespaces and /etc/netns entries of the jail with this pid, and the
@@ -990,20 +996,7 @@ fn fs_jail_from(
         c.arg("--upstream-ca").arg(lab.dir.join("internet-ca.pem"));
     }
     c.args(flags).args(["--", "sh", "-c", script]);
-    c.stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let child = c.spawn().unwrap();
-    let pid = child.id();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        leftovers(pid).is_empty(),
-        "jail {pid} left {:?}",
-        leftovers(pid)
-    );
-    let run = std::env::temp_dir().join(format!("cell-jail-{pid}"));
-    if !flags.contains(&"--keep") {
-        assert!(!run.exists(), "{} outlived the jail", run.display());
-    }
+    let (pid, out) = run_checked(c, flags);
     let mounts_after = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let root = t.root.to_string_lossy();
     let ours = |m: &str| {
@@ -1375,14 +1368,7 @@ fn jail_reports_denied_reads_as_fs_events() {
     }
     let Some(bins) = bins() else { return };
     let t = tree();
-    let abi = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<libc::c_void>(),
-            0usize,
-            1u32,
-        )
-    };
+    let abi = landlock_abi();
     let script = r#"cat "$HOME/.ssh/id_ed25519"; echo "key=$?""#;
     if abi < 7 {
         let o = fs_jail_from(None, &bins, &t, &[], script);

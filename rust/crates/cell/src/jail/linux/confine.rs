@@ -530,51 +530,23 @@ fn drop_capabilities() {
     };
 }
 
-/// `struct __user_cap_header_struct` and `__user_cap_data_struct` of
-/// `<linux/capability.h>` (version 3: two 32-bit words per set).
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: libc::c_int,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
 /// Removes [`DROPPED_CAPS`] from this process's inheritable set (a process
 /// may always lower it); left as is when the kernel refuses to say what it is.
 fn clear_inheritable() {
-    const VERSION_3: u32 = 0x2008_0522;
-    let mut header = CapHeader {
-        version: VERSION_3,
-        pid: 0,
-    };
-    let mut data = [CapData::default(); 2];
-    // SAFETY: a version-3 header and the two data words it asks for.
-    if unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) } != 0 {
+    let Ok(mut sets) = super::caps::get() else {
         return;
-    }
+    };
     for &cap in DROPPED_CAPS {
-        data[(cap / 32) as usize].inheritable &= !(1u32 << (cap % 32));
+        let (word, bit) = super::caps::bit(cap as u32);
+        sets[word].inheritable &= !bit;
     }
-    // SAFETY: as above; lowering the inheritable set needs no privilege.
-    unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
+    let _ = super::caps::set(&sets);
 }
 
-/// Empties this process's effective, permitted and inheritable sets.
+/// Empties this process's effective, permitted and inheritable sets
+/// (lowering is always allowed).
 fn clear_all() {
-    let mut header = CapHeader {
-        version: 0x2008_0522,
-        pid: 0,
-    };
-    let data = [CapData::default(); 2];
-    // SAFETY: a version-3 header and two zeroed data words; lowering is always allowed.
-    unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
+    let _ = super::caps::set(&Default::default());
 }
 
 // ---------------------------------------------------------------------------

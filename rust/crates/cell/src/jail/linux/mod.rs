@@ -16,6 +16,7 @@ use cell_netns::Netns;
 use super::{Args, JAIL_FAILED};
 
 mod audit;
+mod caps;
 mod confine;
 mod files;
 mod userns;

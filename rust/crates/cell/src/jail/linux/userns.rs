@@ -169,41 +169,16 @@ impl Userns {
     }
 }
 
-/// `struct __user_cap_header_struct` / `__user_cap_data_struct`, version 3.
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: libc::c_int,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
 /// Puts `caps` (held after joining the user namespace) into the inheritable
 /// and ambient sets, so an exec as the unprivileged uid keeps them.
 /// Async-signal-safe: plain syscalls only.
 fn raise_ambient(caps: &[u32]) -> std::io::Result<()> {
-    let mut header = CapHeader {
-        version: 0x2008_0522,
-        pid: 0,
-    };
-    let mut data = [CapData::default(); 2];
-    // SAFETY: a version-3 header and the two data words it asks for.
-    if unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let mut sets = super::caps::get()?;
     for &cap in caps {
-        data[(cap / 32) as usize].inheritable |= 1 << (cap % 32);
+        let (word, bit) = super::caps::bit(cap);
+        sets[word].inheritable |= bit;
     }
-    // SAFETY: as above.
-    if unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    super::caps::set(&sets)?;
     for &cap in caps {
         // SAFETY: prctl with integer arguments.
         let rc = unsafe {
