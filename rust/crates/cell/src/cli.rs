@@ -232,7 +232,7 @@ Examples:
         after_help = "bash: cell completions bash > ~/.local/share/bash-completion/completions/cell\nzsh:  cell completions zsh > \"${fpath[1]}/_cell\"\nfish: cell completions fish > ~/.config/fish/completions/cell.fish"
     )]
     Completions { shell: clap_complete::Shell },
-    /// Run a command behind the cell firewall, in network namespaces (Linux, root; no VM).
+    /// Run a command behind the cell firewall in network namespaces (Linux; no root, no VM).
     Jail(Box<jail::Args>),
     /// (internal) The macOS link relay between two unixgram sockets.
     #[command(hide = true)]

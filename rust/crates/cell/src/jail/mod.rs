@@ -76,7 +76,7 @@ network capabilities there, the command none), and then requires Landlock, since
 runs as the same user as cell-proxy. Where the machine turns unprivileged user namespaces off
 (kernel.unprivileged_userns_clone, user.max_user_namespaces, Ubuntu's
 kernel.apparmor_restrict_unprivileged_userns) the jail says which switch and the exact fix.
-As root it uses named namespaces as before. Either way the command runs in a PID namespace
+As root it uses named network namespaces (`ip netns`). Either way the command runs in a PID namespace
 of its own: the daemons it starts end with it. Linux only (ip, nft, sysctl).
 
 Secrets: with --secret ENV@HOST the command's ENV holds `cell-placeholder-<env>` (lowercase),
