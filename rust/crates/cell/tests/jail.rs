@@ -229,6 +229,22 @@ fn named_leftovers(pid: u32) -> Vec<String> {
     left
 }
 
+/// A lab whose resolver and fake HTTPS server know api.example.test (the
+/// host the tests allow) and other.example.test (the one they do not).
+fn two_host_lab() -> (Lab, cell_lab::https::FakeHttps) {
+    let mut lab = Lab::new().unwrap();
+    let records: Vec<(&str, Ipv4Addr)> =
+        vec![("api.example.test", WEB_V4), ("other.example.test", WEB_V4)];
+    lab.start_resolver(&records).unwrap();
+    let web = lab
+        .https_server(&[
+            ("api.example.test", CertKind::Valid),
+            ("other.example.test", CertKind::Valid),
+        ])
+        .unwrap();
+    (lab, web)
+}
+
 /// `curl URL` in a jail that allows api.example.test.
 fn curl(lab: &Lab, cell: &Path, proxy: &Path, url: &str) -> Output {
     jail(
@@ -272,16 +288,7 @@ fn runs_commands_behind_the_firewall() {
         eprintln!("SKIPPED: curl not installed");
         return;
     }
-    let mut lab = Lab::new().unwrap();
-    let records: Vec<(&str, Ipv4Addr)> =
-        vec![("api.example.test", WEB_V4), ("other.example.test", WEB_V4)];
-    lab.start_resolver(&records).unwrap();
-    let web = lab
-        .https_server(&[
-            ("api.example.test", CertKind::Valid),
-            ("other.example.test", CertKind::Valid),
-        ])
-        .unwrap();
+    let (lab, web) = two_host_lab();
 
     let ok = curl(&lab, &cell, &proxy, "https://api.example.test/echo");
     let stdout = String::from_utf8_lossy(&ok.stdout);
@@ -384,16 +391,7 @@ fn secrets_reach_their_host_only_and_the_command_holds_the_placeholder() {
         return;
     }
     let Some((cell, proxy)) = bins() else { return };
-    let mut lab = Lab::new().unwrap();
-    let records: Vec<(&str, Ipv4Addr)> =
-        vec![("api.example.test", WEB_V4), ("other.example.test", WEB_V4)];
-    lab.start_resolver(&records).unwrap();
-    let web = lab
-        .https_server(&[
-            ("api.example.test", CertKind::Valid),
-            ("other.example.test", CertKind::Valid),
-        ])
-        .unwrap();
+    let (lab, web) = two_host_lab();
     let env_value = "jail-env-secret-4d1c9e7b";
     let cmd_value = "jail-cmd-secret-a81f02c6";
     let script = r#"
@@ -1047,15 +1045,7 @@ fn confines_the_filesystem() {
         return;
     }
     let Some(bins) = bins() else { return };
-    let mut lab = Lab::new().unwrap();
-    lab.start_resolver(&[("api.example.test", WEB_V4), ("other.example.test", WEB_V4)])
-        .unwrap();
-    let web = lab
-        .https_server(&[
-            ("api.example.test", CertKind::Valid),
-            ("other.example.test", CertKind::Valid),
-        ])
-        .unwrap();
+    let (lab, web) = two_host_lab();
     let t = tree();
     let host_tmp = tempfile::NamedTempFile::new_in("/tmp").unwrap();
     std::fs::write(host_tmp.path(), "host").unwrap();

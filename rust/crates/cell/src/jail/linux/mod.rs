@@ -106,14 +106,34 @@ fn find_proxy(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if beside.exists() {
         return Ok(beside);
     }
-    let on_path = std::env::var_os("PATH")
-        .map(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("cell-proxy"))
-                .find(|c| c.exists())
-        })
-        .unwrap_or_default();
-    on_path.context("cell-proxy not found next to cell or on $PATH; pass --proxy")
+    on_path("cell-proxy").context("cell-proxy not found next to cell or on $PATH; pass --proxy")
+}
+
+/// Runs a set-up tool with `input` on its stdin; fails with its stderr and `why`.
+fn run_with_input(mut cmd: Command, input: &str, why: &str) -> anyhow::Result<()> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {program} (is it installed?)"))?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(input.as_bytes())
+        .with_context(|| format!("writing to {program}"))?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy()).collect();
+        bail!(
+            "`{program} {}` failed: {}\n{input}{why}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 /// The base policy (user's, with --dns-upstream applied) and the overlay from the flags.
@@ -603,26 +623,8 @@ impl Topology {
             if let Some(ns) = ns {
                 c.args(["-n", ns]);
             }
-            let mut child = c
-                .args(["-batch", "-"])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .context("running ip")?;
-            child
-                .stdin
-                .take()
-                .expect("piped")
-                .write_all(lines.as_bytes())?;
-            let out = child.wait_with_output()?;
-            if !out.status.success() {
-                bail!(
-                    "`ip -batch` failed: {}\n{lines}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-            }
-            Ok(())
+            c.args(["-batch", "-"]);
+            run_with_input(c, lines, "")
         };
         // Adopted before they exist, so a failure half-way still removes both.
         let agent = Netns::adopt(&a);

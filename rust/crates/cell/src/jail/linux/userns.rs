@@ -24,9 +24,9 @@ use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 
 /// `<linux/capability.h>`: binding the firewall's port 53, configuring its
 /// network namespaces, entering them.
@@ -139,33 +139,13 @@ impl Userns {
         args: &[&str],
         input: &str,
     ) -> anyhow::Result<()> {
-        let program_name = program.display().to_string();
-        let program_name = program_name.as_str();
-        let mut child = self
-            .command(program, net, true, Some(Net::Agent))
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("running {program_name} (is it installed?)"))?;
-        {
-            use std::io::Write;
-            let mut stdin = child.stdin.take().expect("piped");
-            stdin
-                .write_all(input.as_bytes())
-                .with_context(|| format!("writing to {program_name}"))?;
-        }
-        let out = child.wait_with_output()?;
-        if !out.status.success() {
-            bail!(
-                "`{program_name} {}` failed inside the jail's user namespace: {}\n{}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim(),
-                fix()
-            );
-        }
-        Ok(())
+        let mut cmd = self.command(program, net, true, Some(Net::Agent));
+        cmd.args(args);
+        super::run_with_input(
+            cmd,
+            input,
+            &format!("(inside the jail's user namespace)\n{}", fix()),
+        )
     }
 }
 
