@@ -104,21 +104,20 @@ impl Recorder {
         std::thread::Builder::new()
             .name("spy".into())
             .spawn(move || {
-                while let Ok(work) = rx.recv() {
-                    let job = match work {
-                        Work::Job(job) => job,
-                        Work::Flush(done) => {
-                            log.flush(std::time::Duration::from_secs(1));
-                            let _ = done.try_send(());
-                            continue;
+                crate::events::batches(&rx, |work| match work {
+                    Some(Work::Job(job)) => {
+                        let lost = counter.swap(0, Ordering::Relaxed);
+                        if lost > 0 {
+                            log.emit(event("events-dropped", [("count", lost.into())]));
                         }
-                    };
-                    let lost = counter.swap(0, Ordering::Relaxed);
-                    if lost > 0 {
-                        log.emit(event("events-dropped", [("count", lost.into())]));
+                        log.emit(job());
                     }
-                    log.emit(job());
-                }
+                    Some(Work::Flush(done)) => {
+                        log.flush(std::time::Duration::from_secs(1));
+                        let _ = done.try_send(());
+                    }
+                    None => {}
+                });
             })?;
         Ok(Recorder {
             jobs,
