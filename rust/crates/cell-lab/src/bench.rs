@@ -94,6 +94,13 @@ impl Tools {
     }
 }
 
+/// cell-proxy as the firewall VM runs it by default (one vCPU, so one
+/// worker), and as its peers run here: squid, mitmproxy and srt's node each
+/// serve from one thread.
+fn one_worker() -> [&'static std::ffi::OsStr; 2] {
+    [std::ffi::OsStr::new("--workers"), std::ffi::OsStr::new("1")]
+}
+
 /// The secret of the injection phase: what the agent sends, and the value
 /// the proxy puts in its place (never the agent's).
 const PLACEHOLDER: &str = "cell-placeholder-bench";
@@ -454,7 +461,7 @@ pub fn run(proxy_bin: &Path, tools: &Tools, plan: &Plan) -> anyhow::Result<Value
         &policy,
         format!(r#"{{"https":[{{"host":"{NAME}"}}],"dns":{{"upstream":["192.0.2.53"]}}}}"#),
     )?;
-    lab.start_proxy(proxy_bin, &policy, None)?;
+    lab.start_proxy_with(proxy_bin, &policy, None, &one_worker())?;
     let ip = synthetic_address(&lab)?;
     let cell_ca = lab.cell_ca_pem()?;
     let cell = Target {
@@ -515,6 +522,8 @@ pub fn run(proxy_bin: &Path, tools: &Tools, plan: &Plan) -> anyhow::Result<Value
         &spy_policy,
         None,
         &[
+            one_worker()[0],
+            one_worker()[1],
             std::ffi::OsStr::new("--secrets"),
             secrets.as_os_str(),
             std::ffi::OsStr::new("--spy"),
