@@ -37,6 +37,10 @@ use client::{NoH2, Phase, Proto, Target};
 pub use report::table;
 
 const NAME: &str = "bench.example.test";
+/// The same server under a name the firewall namespace's /etc/hosts does
+/// not answer (see [`peers::NetnsHosts`]): a `cell jail` started there
+/// inherits that file, and its command must ask the jail's DNS.
+const JAIL_NAME: &str = "jail.example.test";
 
 /// How long each throughput phase runs, and the knobs of the others.
 #[derive(Clone, Debug)]
@@ -412,8 +416,8 @@ pub fn run(proxy_bin: &Path, tools: &Tools, plan: &Plan) -> anyhow::Result<Value
     let started = now_utc();
     let machine = machine();
     let mut lab = Lab::new()?;
-    lab.start_resolver(&[(NAME, WEB_V4)])?;
-    let _web = lab.https_server(&[(NAME, CertKind::Valid)])?;
+    lab.start_resolver(&[(NAME, WEB_V4), (JAIL_NAME, WEB_V4)])?;
+    let _web = lab.https_server(&[(NAME, CertKind::Valid), (JAIL_NAME, CertKind::Valid)])?;
     let _hosts = peers::NetnsHosts::new(&lab)?;
     let direct_addr = SocketAddr::new(IpAddr::V4(WEB_V4), 443);
     let mut transparent = Vec::new();
@@ -710,7 +714,8 @@ pub fn run(proxy_bin: &Path, tools: &Tools, plan: &Plan) -> anyhow::Result<Value
         }
     }
 
-    // Jail start-up: srt running `true` beside `cell jail … -- true`.
+    // Jails: srt beside `cell jail`, running `true` (start-up) and one curl
+    // making requests to the bench host (in-jail requests).
     let srt_bin = tools
         .srt_pkg
         .as_ref()

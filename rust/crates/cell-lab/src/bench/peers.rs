@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use super::NAME;
+use super::{JAIL_NAME, NAME};
 use crate::Lab;
 use crate::lab::FW_AGENT_V4;
 
@@ -434,9 +434,17 @@ impl Drop for NetnsHosts {
     }
 }
 
-/// Jail start-up, `srt` running `true` beside `cell jail … -- true`,
-/// timed by hyperfine in the firewall namespace (a network of its own,
-/// the fake resolver upstream). Returns hyperfine's JSON.
+/// Requests one `curl` in a jail makes to the bench host (one kept-alive
+/// connection), for the in-jail request cost.
+pub const JAIL_REQUESTS: usize = 50;
+
+/// Jail start-up, `srt` running `true` beside `cell jail … -- true`, and
+/// the same two jails running one `curl` that makes [`JAIL_REQUESTS`]
+/// requests to the bench host (intercepted by cell jail; tunnelled by srt,
+/// curl checking the upstream itself): timed by hyperfine in the firewall
+/// namespace (a network of its own, the fake resolver and HTTPS upstream).
+/// Returns hyperfine's JSON with `in_jail_ms_per_request`: (curl − true) /
+/// requests, per jail.
 pub fn jail_startup(
     lab: &Lab,
     hyperfine: &Path,
@@ -447,8 +455,30 @@ pub fn jail_startup(
     let settings = lab.dir.join("srt-settings.json");
     std::fs::write(
         &settings,
-        r#"{"network":{"allowedDomains":["example.test"],"deniedDomains":[]},"filesystem":{"denyRead":[],"allowWrite":[],"denyWrite":[]}}"#,
+        format!(
+            r#"{{"network":{{"allowedDomains":["example.test","{NAME}"],"deniedDomains":[]}},"filesystem":{{"denyRead":[],"allowWrite":[],"denyWrite":[]}}}}"#
+        ),
     )?;
+    let internet_ca = lab.dir.join("internet-ca.pem");
+    let curl = |host: &str| {
+        format!(
+            "curl -sSf{}",
+            format!(" -o /dev/null https://{host}/echo").repeat(JAIL_REQUESTS)
+        )
+    };
+    let srt_curl = format!(
+        "{} -s {} -- {} --cacert {}",
+        srt.display(),
+        settings.display(),
+        curl(NAME),
+        internet_ca.display()
+    );
+    let cell_curl = format!(
+        "{} jail --dns-upstream 192.0.2.53 --upstream-ca {} --allow {JAIL_NAME} -- {}",
+        cell.display(),
+        internet_ca.display(),
+        curl(JAIL_NAME)
+    );
     let out_json = lab.dir.join("jail-startup.json");
     let srt_cmd = format!("{} -s {} true", srt.display(), settings.display());
     let cell_cmd = format!("{} jail --allow example.test -- true", cell.display());
@@ -486,6 +516,8 @@ pub fn jail_startup(
             "cell jail -- true (no root)",
             &rootless_cmd,
         ])
+        .args(["--command-name", "srt curl", &srt_curl])
+        .args(["--command-name", "cell jail -- curl", &cell_curl])
         .output()
         .context("running hyperfine")?;
     std::fs::write(
@@ -493,7 +525,54 @@ pub fn jail_startup(
         [&out.stdout[..], &out.stderr[..]].concat(),
     )?;
     if !out.status.success() {
-        bail!("hyperfine: {}", String::from_utf8_lossy(&out.stderr).trim());
+        // hyperfine hides the command's own output: run each once more to
+        // say which failed and why.
+        let why = [
+            ("srt true", &srt_cmd),
+            ("cell jail -- true", &cell_cmd),
+            ("cell jail -- true (no root)", &rootless_cmd),
+            ("srt curl", &srt_curl),
+            ("cell jail -- curl", &cell_curl),
+        ]
+        .into_iter()
+        .find_map(|(name, cmd)| {
+            let o = lab
+                .firewall
+                .command("sh")
+                .current_dir(&home)
+                .args(["-c", cmd])
+                .output()
+                .ok()?;
+            (!o.status.success()).then(|| {
+                let tail: String = String::from_utf8_lossy(&o.stderr)
+                    .lines()
+                    .rev()
+                    .take(5)
+                    .collect::<Vec<_>>()
+                    .join(" | ");
+                format!("{name} exited with {}: {tail}", o.status)
+            })
+        });
+        bail!(
+            "hyperfine: {}{}",
+            String::from_utf8_lossy(&out.stderr).trim(),
+            why.map(|w| format!("; {w}")).unwrap_or_default()
+        );
     }
-    Ok(serde_json::from_str(&std::fs::read_to_string(&out_json)?)?)
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out_json)?)?;
+    let mean = |name: &str| {
+        v["results"]
+            .as_array()?
+            .iter()
+            .find(|r| r["command"] == name)?["mean"]
+            .as_f64()
+    };
+    let per = |with: &str, without: &str| {
+        Some((mean(with)? - mean(without)?) * 1e3 / JAIL_REQUESTS as f64)
+    };
+    v["in_jail_ms_per_request"] = serde_json::json!({
+        "srt": per("srt curl", "srt true"),
+        "cell jail": per("cell jail -- curl", "cell jail -- true"),
+    });
+    Ok(v)
 }

@@ -77,7 +77,7 @@ pub fn table(results: &Value) -> String {
         out.push_str(&row(r, &tkeys[..6]));
     }
     let jail = &results["jail_startup"];
-    out.push_str("\nJail start-up (hyperfine)\n\n");
+    out.push_str("\nJails (hyperfine): start-up, and one curl making in-jail requests\n\n");
     if let Some(na) = jail["na"].as_str() {
         out.push_str(&format!("n/a: {na}\n"));
     } else {
@@ -99,6 +99,20 @@ pub fn table(results: &Value) -> String {
                 r["times"].as_array().map(|t| t.len()).unwrap_or(0)
             ));
         }
+    }
+    if let Some(per) = jail["in_jail_ms_per_request"].as_object() {
+        let ms = |k: &str| {
+            per.get(k)
+                .and_then(|v| v.as_f64())
+                .map(|x| format!("{x:.2} ms"))
+                .unwrap_or_else(|| "—".into())
+        };
+        out.push_str(&format!(
+            "\nIn-jail requests ({} in one curl, (curl − true) / requests): cell jail {}, srt {}\n",
+            super::peers::JAIL_REQUESTS,
+            ms("cell jail"),
+            ms("srt")
+        ));
     }
     out.push_str("\nAgainst issue 16's targets\n\n");
     for line in targets(&transparent, &explicit) {
