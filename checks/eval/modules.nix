@@ -158,13 +158,13 @@ in
 (run [
   # --- firewall -----------------------------------------------------------
   (eq "firewall: no failing assertions" (failing fw) [ ])
-  (eq "firewall: ICMP rate limits off so rejects fail fast, no forwarding without cidr"
+  (eq "firewall: destination-unreachable exempt from ICMP rate limits so rejects fail fast, no forwarding without cidr"
     {
-      inherit (fw.boot.kernel.sysctl) "net.ipv4.icmp_ratelimit" "net.ipv6.icmp.ratelimit" "net.ipv4.ip_forward";
+      inherit (fw.boot.kernel.sysctl) "net.ipv4.icmp_ratemask" "net.ipv6.icmp.ratemask" "net.ipv4.ip_forward";
     }
     {
-      "net.ipv4.icmp_ratelimit" = 0;
-      "net.ipv6.icmp.ratelimit" = 0;
+      "net.ipv4.icmp_ratemask" = 6160;
+      "net.ipv6.icmp.ratemask" = "0,3-127";
       "net.ipv4.ip_forward" = 0;
     })
   (eq "firewall: a cidr rule turns forwarding on"

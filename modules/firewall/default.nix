@@ -139,11 +139,14 @@ in
     environment.etc."cell/secrets.json".source = checkedSecrets;
 
     # Rejected UDP and ICMP must fail fast for the agent, every time: the
-    # kernel's per-destination ICMP rate limit would turn them into timeouts.
-    # Forwarding only when a cidr rule needs it.
+    # kernel's ICMP rate limits (per destination, and the global token bucket
+    # with its random cost) would turn some of them into timeouts. The rate
+    # masks are the defaults less destination-unreachable (IPv4 type 3,
+    # IPv6 type 1), the type of every reject. Forwarding only when a cidr
+    # rule needs it.
     boot.kernel.sysctl = {
-      "net.ipv4.icmp_ratelimit" = 0;
-      "net.ipv6.icmp.ratelimit" = 0;
+      "net.ipv4.icmp_ratemask" = 6160;
+      "net.ipv6.icmp.ratemask" = "0,3-127";
       "net.ipv4.ip_forward" = if config.cell.policy.cidr != [ ] then 1 else 0;
       "net.ipv6.conf.all.forwarding" = 0;
       "net.ipv6.conf.${cfg.agentInterface}.accept_ra" = 0;

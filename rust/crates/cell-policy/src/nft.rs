@@ -79,6 +79,20 @@ pub const LOG_PREFIX: &str = "cell-reject: ";
 /// Log prefix of packets dropped for a forged source address.
 pub const SPOOF_PREFIX: &str = "cell-spoof: ";
 
+/// The sysctls a firewall host sets so that every reject fails fast: the
+/// kernel's ICMP rate masks, the defaults (`6168`, `0-1,3-127`) less
+/// destination-unreachable (IPv4 type 3, IPv6 type 1), the type of every
+/// ICMP reject. Left in the mask, those answers pass two limits: one per
+/// destination (`icmp_ratelimit`) and a global token bucket (`icmp_msgs_burst`
+/// credits, each answer costing a random 0–2, refilled no sooner than every
+/// 20 ms), and a burst of rejected datagrams meets a silent drop — a timeout
+/// for the agent. The agent is the only destination of these answers (forged
+/// sources are dropped before anything answers), one per packet it sent.
+pub const FAIL_FAST_SYSCTLS: [(&str, &str); 2] = [
+    ("net.ipv4.icmp_ratemask", "6160"),
+    ("net.ipv6.icmp.ratemask", "0,3-127"),
+];
+
 fn meta(key: MetaKey) -> Expression<'static> {
     Expression::Named(NamedExpression::Meta(Meta { key }))
 }

@@ -505,25 +505,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     ))
 }
 
-/// The kernel limits ICMP errors per destination (1/s after a small burst) unless
-/// told otherwise; the agent is the only destination of our rejects, so with the
-/// limit on, its UDP and ping attempts would time out instead of failing fast.
-fn warn_on_icmp_ratelimit() {
-    for (path, name) in [
-        (
-            "/proc/sys/net/ipv4/icmp_ratelimit",
-            "net.ipv4.icmp_ratelimit",
-        ),
-        (
-            "/proc/sys/net/ipv6/icmp/ratelimit",
-            "net.ipv6.icmp.ratelimit",
-        ),
-    ] {
-        if let Ok(v) = std::fs::read_to_string(path)
-            && v.trim() != "0"
+/// The kernel rate-limits the ICMP errors our rejects answer with unless the
+/// rate masks exempt them ([`cell_policy::nft::FAIL_FAST_SYSCTLS`]); with a
+/// limit on, some of the agent's rejected UDP and pings would time out
+/// instead of failing fast.
+fn warn_on_icmp_ratemask() {
+    for (name, want) in cell_policy::nft::FAIL_FAST_SYSCTLS {
+        let path = format!("/proc/sys/{}", name.replace('.', "/"));
+        if let Ok(v) = std::fs::read_to_string(&path)
+            && v.trim() != want
         {
             tracing::warn!(
-                "{name} is {}: rejected UDP and ICMP from the agent may time out instead of failing fast; set {name}=0",
+                "{name} is {}: rejected UDP and ICMP from the agent may time out instead of failing fast; set {name}={want}",
                 v.trim()
             );
         }
@@ -554,7 +547,7 @@ async fn serve(
     let cert_cache = state.policy().limits.cert_cache as usize;
     let ca =
         Arc::new(ca::Ca::load_or_create(&state_dir, cert_cache).context("loading the cell CA")?);
-    warn_on_icmp_ratelimit();
+    warn_on_icmp_ratemask();
     if state.sources.firewall.is_some() {
         let group = params.nflog_group;
         let socket = match &state.sources.netns {

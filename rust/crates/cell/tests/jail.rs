@@ -272,21 +272,27 @@ fn rootless_jail_runs_commands_behind_the_firewall() {
     }
 }
 
+/// The system's Python, by absolute path: a root PATH may put a shim from a
+/// home directory first, and the jail hides credential locations.
+const PYTHON: &str = "/usr/bin/python3";
+
 fn runs_commands_behind_the_firewall() {
     if skip_unless_available() {
         return;
     }
     let Some((cell, proxy)) = bins() else { return };
-    if std::process::Command::new("curl")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        if std::env::var_os("CI").is_some() {
-            panic!("curl is needed for the jail test (apt-get install curl)");
+    for (tool, package) in [("curl", "curl"), (PYTHON, "python3")] {
+        if std::process::Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            if std::env::var_os("CI").is_some() {
+                panic!("{tool} is needed for the jail test (apt-get install {package})");
+            }
+            eprintln!("SKIPPED: {tool} not installed");
+            return;
         }
-        eprintln!("SKIPPED: curl not installed");
-        return;
     }
     let (lab, web) = two_host_lab();
 
@@ -342,6 +348,35 @@ fn runs_commands_behind_the_firewall() {
     if landlock_abi() >= 6 {
         assert!(out.lines().any(|l| l == "signal=1"), "{out}");
     }
+
+    // A burst of UDP to a denied address (a resolver or QUIC client retrying):
+    // every datagram is refused at once (ICMP admin-prohibited), none waits
+    // out a timeout — more than the kernel's global ICMP bucket holds, so an
+    // answer it rate-limited would show as a timeout here.
+    let burst = r#"
+import socket
+refused = timeouts = 0
+for i in range(100):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(2)
+    s.connect(("203.0.113.10", 4000 + i))
+    s.send(b"quic")
+    try:
+        s.recv(1)
+    except socket.timeout:
+        timeouts += 1
+    except OSError as e:  # EHOSTUNREACH: admin-prohibited
+        refused += e.errno == 113
+    s.close()
+print(f"refused={refused} timeouts={timeouts}")
+"#;
+    let o = jail(&lab, &cell, &proxy, &[], &[PYTHON, "-c", burst]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "refused=100 timeouts=0",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 
     let status = jail(&lab, &cell, &proxy, &[], &["sh", "-c", "exit 42"]);
     assert_eq!(

@@ -18,10 +18,10 @@ for i in /sys/class/net/*; do
     02:ce:11:00:01:01) ip link set "$n" name uplink0 ;;
   esac
 done
-# The module's sysctls: rejected UDP and ICMP fail fast (no per-destination
-# ICMP rate limit); no forwarding (the policy has no cidr rule).
-echo 0 > /proc/sys/net/ipv4/icmp_ratelimit
-echo 0 > /proc/sys/net/ipv6/icmp/ratelimit
+# The module's sysctls: rejected UDP and ICMP fail fast (destination-unreachable
+# is exempt from the ICMP rate limits); no forwarding (the policy has no cidr rule).
+echo 6160 > /proc/sys/net/ipv4/icmp_ratemask
+echo 0,3-127 > /proc/sys/net/ipv6/icmp/ratemask
 echo 0 > /proc/sys/net/ipv4/ip_forward
 echo 0 > /proc/sys/net/ipv6/conf/all/forwarding
 echo 0 > /proc/sys/net/ipv6/conf/agent0/accept_ra

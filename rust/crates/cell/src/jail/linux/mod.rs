@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use cell_netns::Netns;
+use cell_policy::nft::FAIL_FAST_SYSCTLS;
 
 use super::{Args, JAIL_FAILED};
 
@@ -647,12 +648,13 @@ impl Topology {
         };
         // IPv4 only on the jail link: an application tries IPv6 never, not first.
         sysctl(&a, &[("net.ipv6.conf.eth0.disable_ipv6", "1")])?;
-        // Rejected UDP and pings must fail at once, not after the per-destination ICMP rate limit.
+        // Rejected UDP and pings must fail at once, not after an ICMP rate limit.
+        let [v4_mask, _] = FAIL_FAST_SYSCTLS;
         sysctl(
             &f,
             &[
                 ("net.ipv6.conf.agent0.disable_ipv6", "1"),
-                ("net.ipv4.icmp_ratelimit", "0"),
+                v4_mask,
                 ("net.ipv4.ip_forward", "1"),
             ],
         )?;
@@ -699,13 +701,14 @@ impl Topology {
                 "link set lo up\nlink add agent0 type veth peer name eth0 netns /proc/self/fd/{agent_fd}\n"
             ),
         )?;
+        let [(mask_key, mask), _] = FAIL_FAST_SYSCTLS;
         ns.run(
             Net::Firewall,
             &sysctl,
             &[
                 "-qw",
                 "net.ipv6.conf.agent0.disable_ipv6=1",
-                "net.ipv4.icmp_ratelimit=0",
+                &format!("{mask_key}={mask}"),
                 "net.ipv4.ip_forward=1",
             ],
             "",
