@@ -101,6 +101,7 @@ impl ResolvesServerCert for BySni {
 pub struct FakeHttps {
     seen: Arc<Mutex<Vec<String>>>,
     recorded: Arc<Mutex<Vec<Recorded>>>,
+    suites: Arc<Mutex<Vec<rustls::CipherSuite>>>,
 }
 
 /// One request as the server received it, whole (`/record` and `/reflect`).
@@ -153,6 +154,11 @@ impl FakeHttps {
         self.seen.lock().expect("seen lock").clone()
     }
 
+    /// The cipher suite of every TLS connection accepted so far.
+    pub fn cipher_suites(&self) -> Vec<rustls::CipherSuite> {
+        self.suites.lock().expect("suites lock").clone()
+    }
+
     /// Every request to `/record` or `/reflect` so far, whole.
     pub fn recorded(&self) -> Vec<Recorded> {
         self.recorded.lock().expect("recorded lock").clone()
@@ -189,6 +195,9 @@ impl FakeHttps {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
+                    if let Some(suite) = tls.get_ref().1.negotiated_cipher_suite() {
+                        me.suites.lock().expect("suites lock").push(suite.suite());
+                    }
                     let svc = hyper::service::service_fn(move |req| {
                         let me = me.clone();
                         async move { Ok::<_, std::convert::Infallible>(me.route(req).await) }

@@ -346,6 +346,71 @@ fn passthrough_relays_the_upstream_certificate() {
     assert!(r.is_err());
 }
 
+/// Both legs settle on AES-128-GCM with SHA-256 even when the client asks for
+/// AES-256 first (as curl and most clients do): the cheaper key schedule
+/// for each of the two handshakes per connection. Every suite stays on
+/// offer: a client that offers only AES-256 still connects.
+#[test]
+fn both_legs_prefer_aes_128_gcm() {
+    use rustls::CipherSuite::{TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384};
+    use rustls_pki_types::pem::PemObject;
+    use std::io::{Read, Write};
+    let Some(s) = setup() else { return };
+    let ip = resolve(&s.lab, "api.example.test");
+    let ca = s.lab.cell_ca_pem().unwrap();
+    let handshake = |offered: &[rustls::CipherSuite]| {
+        let mut provider = rustls::crypto::ring::default_provider();
+        provider
+            .cipher_suites
+            .retain(|c| offered.contains(&c.suite()));
+        provider
+            .cipher_suites
+            .sort_by_key(|c| offered.iter().position(|o| *o == c.suite()));
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let conn = rustls::ClientConnection::new(
+            std::sync::Arc::new(cfg),
+            "api.example.test".try_into().unwrap(),
+        )
+        .unwrap();
+        let tcp = s.lab.agent_connect(at(ip, 443)).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        tls.write_all(b"GET /echo HTTP/1.1\r\nHost: api.example.test\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = Vec::new();
+        let _ = tls.read_to_end(&mut out);
+        let out = String::from_utf8_lossy(&out).into_owned();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        tls.conn.negotiated_cipher_suite().unwrap().suite()
+    };
+    assert_eq!(
+        handshake(&[TLS13_AES_256_GCM_SHA384, TLS13_AES_128_GCM_SHA256]),
+        TLS13_AES_128_GCM_SHA256,
+        "the agent leg: our order, not the client's"
+    );
+    assert_eq!(
+        handshake(&[TLS13_AES_256_GCM_SHA384]),
+        TLS13_AES_256_GCM_SHA384,
+        "a client offering only AES-256 still connects"
+    );
+    // The upstream leg: the fake server honours its client's order, as most do.
+    let upstream = s.web.cipher_suites();
+    assert!(!upstream.is_empty());
+    assert!(
+        upstream.iter().all(|c| *c == TLS13_AES_128_GCM_SHA256),
+        "{upstream:?}"
+    );
+}
+
 /// Cleartext HTTP on port 80 gets a 403 that says HTTPS is required; nothing is relayed.
 #[test]
 fn cleartext_http_is_refused_with_a_reason() {

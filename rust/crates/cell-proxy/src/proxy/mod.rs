@@ -92,6 +92,30 @@ struct Conn {
     framing: Option<Arc<crate::framing::Flags>>,
 }
 
+/// ring's provider with the AES-128-GCM suites first (both legs, both TLS
+/// versions): the default puts `TLS13_AES_256_GCM_SHA384` first, whose
+/// SHA-384 key schedule and transcript hash this daemon computes twice per
+/// intercepted connection without CPU help (x86 has SHA-256 instructions,
+/// not SHA-512 ones), and whose AES has 14 rounds to AES-128's 10. Every
+/// suite stays on offer; AES-128-GCM is TLS 1.3's mandatory suite and the
+/// first of the usual "modern" server configurations.
+pub fn crypto_provider() -> rustls::crypto::CryptoProvider {
+    use rustls::CipherSuite::{
+        TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        TLS13_AES_128_GCM_SHA256,
+    };
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites.sort_by_key(|s| {
+        !matches!(
+            s.suite(),
+            TLS13_AES_128_GCM_SHA256
+                | TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+                | TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+        )
+    });
+    provider
+}
+
 /// Builds the upstream TLS configuration: system roots (honouring
 /// `SSL_CERT_FILE`) plus any extra CA files, ALPN h2 and http/1.1.
 pub fn client_tls(extra_ca: &[std::path::PathBuf]) -> anyhow::Result<rustls::ClientConfig> {
@@ -113,12 +137,10 @@ pub fn client_tls(extra_ca: &[std::path::PathBuf]) -> anyhow::Result<rustls::Cli
             "no trusted root certificates: install ca-certificates, set SSL_CERT_FILE, or pass --upstream-ca"
         );
     }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(crypto_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(cfg)
 }
@@ -129,13 +151,13 @@ impl Proxy {
         ca: Arc<Ca>,
         client_tls: rustls::ClientConfig,
     ) -> anyhow::Result<Arc<Proxy>> {
-        let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(LeafResolver(ca.clone())));
+        let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(crypto_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(LeafResolver(ca.clone())));
         server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // Our order, not the client's: most clients ask for AES-256 first.
+        server.ignore_client_order = true;
         let limits = state.policy().limits.clone();
         let mut h1_only = client_tls.clone();
         h1_only.alpn_protocols = vec![b"http/1.1".to_vec()];
