@@ -89,9 +89,12 @@ impl Proxy {
         started: Instant,
     ) {
         let limits = self.state.policy().limits.clone();
+        // The ClientHello reader (a 4 KiB buffer and a rustls Acceptor) and the
+        // handshake are boxed: they are needed for a few milliseconds, and
+        // inline they would stay in the connection's task for its whole life.
         let hello = tokio::time::timeout(
             Duration::from_millis(limits.handshake_timeout_ms.into()),
-            read_client_hello(&mut stream),
+            Box::pin(read_client_hello(&mut stream)),
         )
         .await;
         let (prefix, sni) = match hello {
@@ -148,7 +151,7 @@ impl Proxy {
         };
         let tls = match tokio::time::timeout(
             Duration::from_millis(limits.handshake_timeout_ms.into()),
-            acceptor.accept(replay),
+            Box::pin(acceptor.accept(replay)),
         )
         .await
         {

@@ -259,22 +259,48 @@ impl Proxy {
         }
     }
 
-    /// Resolves when a reload makes the policy deny this connection's host
-    /// and port. In-flight streams of hosts that stay allowed are untouched.
-    async fn until_denied(&self, c: &Conn) {
-        denied_by_reload(&self.state, c).await
-    }
-
-    /// Runs `work` for connection `c` until it ends or a reload denies `c`.
-    async fn guarded(&self, c: &Conn, work: impl Future<Output = ()>) {
-        tokio::select! {
-            () = work => {}
-            () = self.until_denied(c) => {}
+    /// Runs `work` for connection `c` until it ends or a reload denies `c`
+    /// (in-flight streams of hosts that stay allowed are untouched).
+    ///
+    /// A plain future rather than an async fn: an async fn keeps its `work`
+    /// argument and the copy its `select!` polls, both for the connection's
+    /// whole life — 4 KB of every intercepted connection's task (rustc's
+    /// `-Zprint-type-sizes`; docs/benchmarks.md).
+    fn guarded<'a, W: Future<Output = ()> + 'a>(
+        &'a self,
+        c: &'a Conn,
+        work: W,
+    ) -> Guarded<W, impl Future<Output = ()> + 'a> {
+        Guarded {
+            work,
+            denied: denied_by_reload(&self.state, c),
         }
     }
 
     fn conn_event(&self, c: &Conn, fields: Vec<(&'static str, Value)>) {
         conn_event(&self.state, c, fields)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`Proxy::guarded`]: `work`, ended early when `denied` resolves.
+    struct Guarded<W, D> {
+        #[pin]
+        work: W,
+        #[pin]
+        denied: D,
+    }
+}
+
+impl<W: Future<Output = ()>, D: Future<Output = ()>> Future for Guarded<W, D> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
+        let this = self.project();
+        if this.work.poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        this.denied.poll(cx)
     }
 }
 
