@@ -508,12 +508,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 /// The kernel rate-limits the ICMP errors our rejects answer with unless the
 /// rate masks exempt them ([`cell_policy::nft::FAIL_FAST_SYSCTLS`]); with a
 /// limit on, some of the agent's rejected UDP and pings would time out
-/// instead of failing fast.
-fn warn_on_icmp_ratemask() {
-    for (name, want) in cell_policy::nft::FAIL_FAST_SYSCTLS {
-        let path = format!("/proc/sys/{}", name.replace('.', "/"));
-        if let Ok(v) = std::fs::read_to_string(&path)
-            && v.trim() != want
+/// instead of failing fast. Read in the namespace the rules are in (`cell
+/// jail` starts this daemon in its own and points `--listen-netns` there).
+fn warn_on_icmp_ratemask(netns: Option<&str>) {
+    let read = || {
+        cell_policy::nft::FAIL_FAST_SYSCTLS.map(|(name, _)| {
+            std::fs::read_to_string(format!("/proc/sys/{}", name.replace('.', "/")))
+        })
+    };
+    let values = match netns {
+        Some(ns) => match cell_netns::run_in(ns, read) {
+            Ok(v) => v,
+            Err(_) => return,
+        },
+        None => read(),
+    };
+    for ((name, want), value) in cell_policy::nft::FAIL_FAST_SYSCTLS.iter().zip(values) {
+        if let Ok(v) = value
+            && v.trim() != *want
         {
             tracing::warn!(
                 "{name} is {}: rejected UDP and ICMP from the agent may time out instead of failing fast; set {name}={want}",
@@ -547,7 +559,7 @@ async fn serve(
     let cert_cache = state.policy().limits.cert_cache as usize;
     let ca =
         Arc::new(ca::Ca::load_or_create(&state_dir, cert_cache).context("loading the cell CA")?);
-    warn_on_icmp_ratemask();
+    warn_on_icmp_ratemask(state.sources.netns.as_deref());
     if state.sources.firewall.is_some() {
         let group = params.nflog_group;
         let socket = match &state.sources.netns {

@@ -649,12 +649,13 @@ impl Topology {
         // IPv4 only on the jail link: an application tries IPv6 never, not first.
         sysctl(&a, &[("net.ipv6.conf.eth0.disable_ipv6", "1")])?;
         // Rejected UDP and pings must fail at once, not after an ICMP rate limit.
-        let [v4_mask, _] = FAIL_FAST_SYSCTLS;
+        let [v4_mask, v6_mask] = FAIL_FAST_SYSCTLS;
         sysctl(
             &f,
             &[
                 ("net.ipv6.conf.agent0.disable_ipv6", "1"),
                 v4_mask,
+                v6_mask,
                 ("net.ipv4.ip_forward", "1"),
             ],
         )?;
@@ -701,14 +702,15 @@ impl Topology {
                 "link set lo up\nlink add agent0 type veth peer name eth0 netns /proc/self/fd/{agent_fd}\n"
             ),
         )?;
-        let [(mask_key, mask), _] = FAIL_FAST_SYSCTLS;
+        let [v4_mask, v6_mask] = FAIL_FAST_SYSCTLS.map(|(key, value)| format!("{key}={value}"));
         ns.run(
             Net::Firewall,
             &sysctl,
             &[
                 "-qw",
                 "net.ipv6.conf.agent0.disable_ipv6=1",
-                &format!("{mask_key}={mask}"),
+                &v4_mask,
+                &v6_mask,
                 "net.ipv4.ip_forward=1",
             ],
             "",
