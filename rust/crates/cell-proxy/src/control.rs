@@ -148,6 +148,11 @@ async fn answer(state: &Arc<State>, line: &[u8]) -> Value {
                 "secrets_loaded": state.secrets.loaded_count(),
                 "pid": std::process::id(),
                 "uptime_secs": state.started.elapsed().as_secs(),
+                "connections": {
+                    "intercepted": state.intercepted.get(),
+                    "parked": state.parked.get(),
+                    "parked_total": state.parked.total(),
+                },
             })
         }
         _ => {

@@ -26,9 +26,10 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Longest request head followed: above the largest `headerBytes` a policy
@@ -51,6 +52,13 @@ pub struct Flags {
     served: AtomicU64,
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
+    /// Requests whose response body has not ended yet.
+    in_flight: AtomicU64,
+    /// `bytes_up` when the last response ended (0 before any request).
+    up_at_rest: AtomicU64,
+    /// Set while the proxy takes the stream back from hyper: its shutdown of
+    /// the stream is then skipped (the connection goes on).
+    pub parking: AtomicBool,
 }
 
 impl Flags {
@@ -60,7 +68,32 @@ impl Flags {
             served: AtomicU64::new(0),
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            up_at_rest: AtomicU64::new(0),
+            parking: AtomicBool::new(false),
         })
+    }
+
+    /// A request has reached the service.
+    pub fn request_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A response body has ended (or was dropped).
+    pub fn request_ended(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.up_at_rest
+                .store(self.bytes_up.load(Ordering::SeqCst), Ordering::SeqCst);
+        }
+    }
+
+    /// Between requests: no response is being sent and not one byte has
+    /// arrived since the last one ended (no head is half read, no body is
+    /// still coming), so the connection can be taken back from hyper without
+    /// restarting any of its timers on a request in progress.
+    pub fn at_rest(&self) -> bool {
+        self.in_flight.load(Ordering::SeqCst) == 0
+            && self.bytes_up.load(Ordering::SeqCst) == self.up_at_rest.load(Ordering::SeqCst)
     }
 
     /// Called once per request by the service: must it be refused? True for
@@ -381,9 +414,16 @@ fn digits(value: &[u8]) -> Option<u64> {
 }
 
 /// A stream that shows every byte read through it to a [`Tracker`].
+///
+/// It can also be handed back from hyper between requests (see
+/// `proxy::park`): bytes hyper had read but not parsed are given back with
+/// [`FramingWatch::replay`] and read again first, without being watched or
+/// counted a second time, and while `Flags::parking` is set hyper's shutdown
+/// of the stream is skipped.
 pub struct FramingWatch<S> {
     inner: S,
     tracker: Tracker,
+    replay: Bytes,
 }
 
 impl<S> FramingWatch<S> {
@@ -391,7 +431,19 @@ impl<S> FramingWatch<S> {
         FramingWatch {
             inner,
             tracker: Tracker::new(flags),
+            replay: Bytes::new(),
         }
+    }
+
+    /// Bytes already watched, to be read again before the stream's next ones.
+    pub fn replay(&mut self, bytes: Bytes) {
+        debug_assert!(self.replay.is_empty(), "replay set twice");
+        self.replay = bytes;
+    }
+
+    /// Whether replayed bytes are waiting to be read.
+    pub fn has_replay(&self) -> bool {
+        !self.replay.is_empty()
     }
 }
 
@@ -401,8 +453,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for FramingWatch<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
         let me = &mut *self;
+        if !me.replay.is_empty() {
+            let n = me.replay.len().min(buf.remaining());
+            buf.put_slice(&me.replay.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
         let r = Pin::new(&mut me.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = r {
             let new = &buf.filled()[before..];
@@ -435,6 +492,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FramingWatch<S> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.tracker.flags.parking.load(Ordering::SeqCst) {
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -42,6 +42,46 @@ pub struct State {
     pub spy: std::sync::OnceLock<Arc<crate::spy::Recorder>>,
     /// When the daemon started (`{"op":"status"}` reports its uptime).
     pub started: std::time::Instant,
+    /// Intercepted TLS connections open now, and how many of them are
+    /// parked (idle HTTP/1.1 without hyper's buffers, `proxy::park`).
+    pub intercepted: Gauge,
+    pub parked: Gauge,
+}
+
+/// A count of things open now, and of all there have been:
+/// [`Gauge::hold`] adds one until the guard drops.
+#[derive(Debug, Default)]
+pub struct Gauge {
+    now: std::sync::atomic::AtomicU64,
+    total: std::sync::atomic::AtomicU64,
+}
+
+impl Gauge {
+    pub fn hold(&self) -> GaugeGuard<'_> {
+        self.now.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        GaugeGuard(self)
+    }
+
+    pub fn get(&self) -> u64 {
+        self.now.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// One unit of a [`Gauge`], given back on drop (a cancelled task included).
+pub struct GaugeGuard<'a>(&'a Gauge);
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0
+            .now
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 fn forwarder_for(policy: &Policy) -> Option<Arc<Forwarder>> {
@@ -123,6 +163,8 @@ impl State {
             secrets: Arc::default(),
             spy: std::sync::OnceLock::new(),
             started: std::time::Instant::now(),
+            intercepted: Gauge::default(),
+            parked: Gauge::default(),
         }))
     }
 

@@ -512,6 +512,105 @@ fn raw_exchange(s: &Setup, ip: Ipv4Addr, request: &[u8]) -> String {
     })
 }
 
+/// Reads one HTTP/1.1 response with a Content-Length: its head and body.
+async fn read_response<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> (String, String) {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        r.read_exact(&mut b).await.expect("a response head");
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().to_string())
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await.expect("the response body");
+    (head, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The daemon's `connections` status: (intercepted, parked, parked_total).
+fn connections(lab: &cell_lab::Lab) -> (u64, u64, u64) {
+    let st = lab.control(r#"{"op":"status"}"#).unwrap();
+    let c = &st["connections"];
+    let n = |k: &str| c[k].as_u64().unwrap_or_else(|| panic!("{k} in {st}"));
+    (n("intercepted"), n("parked"), n("parked_total"))
+}
+
+/// An idle kept-alive HTTP/1.1 connection is parked (hyper's buffers let go)
+/// and picks up where it was: the next request, two pipelined ones, and the
+/// framing watch's refusal of a smuggling shape all work after a park, and
+/// nothing extra reaches the internet. A connection with half a head is
+/// never parked: a new hyper connection would restart its header timer.
+#[test]
+fn idle_http1_connections_are_parked_and_resume() {
+    use tokio::io::AsyncWriteExt;
+    let Some(s) = setup() else { return };
+    let ip = resolve(&s.lab, "api.example.test");
+    let lab = &s.lab;
+    let get = b"GET /echo HTTP/1.1\r\nHost: api.example.test\r\n\r\n";
+    let (first, parked_after_one, pipelined, smuggled, half_head, completed) = lab.block_on(async {
+        let mut tls = s
+            .agent_tls_h1
+            .raw(lab.agent_connect(at(ip, 443)).unwrap(), "api.example.test")
+            .await
+            .unwrap();
+        tls.write_all(get).await.unwrap();
+        let first = read_response(&mut tls).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let parked_after_one = connections(lab);
+        // Two requests in one write, after a park.
+        let two = [&get[..], &get[..]].concat();
+        tls.write_all(&two).await.unwrap();
+        let pipelined = [read_response(&mut tls).await, read_response(&mut tls).await];
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // The watch still follows the stream: CL.TE after a park is refused.
+        tls.write_all(b"POST /echo HTTP/1.1\r\nHost: api.example.test\r\nContent-Length: 30\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: api.example.test\r\n\r\n").await.unwrap();
+        let smuggled = read_response(&mut tls).await;
+        // Half a head on a fresh connection: not at rest, so never parked.
+        let before = connections(lab).2;
+        let mut tls = s
+            .agent_tls_h1
+            .raw(lab.agent_connect(at(ip, 443)).unwrap(), "api.example.test")
+            .await
+            .unwrap();
+        tls.write_all(b"GET /echo HTTP/1.1\r\nHost: api.exa").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let half_head = (before, connections(lab));
+        tls.write_all(b"mple.test\r\n\r\n").await.unwrap();
+        let completed = read_response(&mut tls).await;
+        (first, parked_after_one, pipelined, smuggled, half_head, completed)
+    });
+    assert!(first.0.starts_with("HTTP/1.1 200"), "{first:?}");
+    assert_eq!(
+        parked_after_one.1, 1,
+        "parked after one request: {parked_after_one:?}"
+    );
+    assert!(parked_after_one.2 >= 1);
+    for r in &pipelined {
+        assert!(r.0.starts_with("HTTP/1.1 200"), "{pipelined:?}");
+    }
+    assert!(smuggled.0.starts_with("HTTP/1.1 400"), "{smuggled:?}");
+    let (before, during) = half_head;
+    assert_eq!(during.2, before, "a half-read head was parked: {during:?}");
+    assert_eq!(during.1, 0);
+    assert!(completed.0.starts_with("HTTP/1.1 200"), "{completed:?}");
+    assert_eq!(
+        s.web.seen().len(),
+        4,
+        "four clean requests reached the server: {:?}",
+        s.web.seen()
+    );
+    assert!(!s.web.seen().iter().any(|l| l.contains("smuggled")));
+}
+
 /// Request-smuggling shapes — Content-Length with chunked (CL.TE, also with
 /// a request smuggled behind it), two different lengths, obs-fold, a
 /// non-final chunked — are refused with 400 and never reach the upstream.

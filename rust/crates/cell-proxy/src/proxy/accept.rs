@@ -179,6 +179,7 @@ impl Proxy {
                 return;
             }
         };
+        let _open = self.state.intercepted.hold();
         let me = self.clone();
         let flags = crate::framing::Flags::new();
         let stats = flags.clone();
@@ -193,27 +194,55 @@ impl Proxy {
         // request, so it is never shorter than 30 s (clients pool connections).
         let head_seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let seen = head_seen.clone();
+        let in_flight = flags.clone();
         let service = hyper::service::service_fn(move |req| {
             seen.store(true, Ordering::Relaxed);
+            let guard = park::InFlight::start(in_flight.clone());
             let me = me.clone();
             let conn = conn.clone();
-            async move { Ok::<_, std::convert::Infallible>(me.request(req, &conn).await) }
+            async move {
+                let resp = me.request(req, &conn).await;
+                Ok::<_, std::convert::Infallible>(resp.map(|b| guard.wrap(b)))
+            }
         });
         let head_timeout = Duration::from_millis(limits.request_head_timeout_ms.into());
-        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .max_buf_size((limits.header_bytes as usize).max(8192))
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(head_timeout.max(Duration::from_secs(30)));
-        builder
-            .http2()
-            .max_header_list_size(limits.header_bytes)
-            .max_concurrent_streams(256);
-        let serve = builder.serve_connection_with_upgrades(
-            TokioIo::new(crate::framing::FramingWatch::new(tls, flags)),
-            service,
-        );
+        let keepalive_head = head_timeout.max(Duration::from_secs(30));
+        // HTTP/1.1 by ALPN: served with idle connections parked (`park`).
+        // HTTP/2, or no ALPN (either may come): hyper-util's auto server.
+        let h1 = tls.get_ref().1.alpn_protocol() == Some(b"http/1.1");
+        let watch = crate::framing::FramingWatch::new(tls, flags);
+        let serve = async {
+            if h1 {
+                let mut b = hyper::server::conn::http1::Builder::new();
+                b.max_buf_size((limits.header_bytes as usize).max(8192))
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(keepalive_head);
+                park::serve_h1(
+                    &b,
+                    watch,
+                    service,
+                    &stats,
+                    keepalive_head,
+                    &self.state.parked,
+                )
+                .await
+            } else {
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .max_buf_size((limits.header_bytes as usize).max(8192))
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(keepalive_head);
+                builder
+                    .http2()
+                    .max_header_list_size(limits.header_bytes)
+                    .max_concurrent_streams(256);
+                builder
+                    .serve_connection_with_upgrades(TokioIo::new(watch), service)
+                    .await
+            }
+        };
         let idle = Duration::from_secs(limits.idle_timeout_secs.into());
         tokio::select! {
             r = serve => {
