@@ -155,7 +155,11 @@ impl Proxy {
         )
         .await
         {
-            Ok(Ok(t)) => t,
+            // Boxed: the stream (1.2 KB inline, rustls' connection) is moved
+            // into the framing watch and on into hyper, and each
+            // async fn it passes through would keep a copy of its slot in
+            // the connection's task for the connection's life.
+            Ok(Ok(t)) => Box::new(t),
             Ok(Err(e)) => {
                 self.conn_event(
                     &c,
@@ -238,9 +242,9 @@ impl Proxy {
                     .http2()
                     .max_header_list_size(limits.header_bytes)
                     .max_concurrent_streams(256);
-                builder
-                    .serve_connection_with_upgrades(TokioIo::new(watch), service)
-                    .await
+                // Boxed: 3 KB of connection state that a parked HTTP/1.1
+                // connection's task must not carry.
+                Box::pin(builder.serve_connection_with_upgrades(TokioIo::new(watch), service)).await
             }
         };
         let idle = Duration::from_secs(limits.idle_timeout_secs.into());

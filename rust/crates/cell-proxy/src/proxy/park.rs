@@ -65,15 +65,18 @@ where
         ended?;
         // `None`: a request that raced the shutdown was an upgrade, and the
         // stream now belongs to it.
-        let Some(parts) = conn.into_parts() else {
+        // (hyper's service clone is dropped here, with the connection.)
+        let Some(http1::Parts {
+            io: back, read_buf, ..
+        }) = conn.into_parts()
+        else {
             return Ok(());
         };
-        io = parts.io.into_inner();
-        if !parts.read_buf.is_empty() {
-            io.replay(parts.read_buf);
+        io = back.into_inner();
+        if !read_buf.is_empty() {
+            io.replay(read_buf);
             continue;
         }
-        drop(parts.service);
         // Parked: one byte (through the watch) says the next request is here.
         let mut first = [0u8; 1];
         let next = tokio::time::timeout(wait_limit, io.read(&mut first)).await;
