@@ -77,6 +77,8 @@ where
             io.replay(read_buf);
             continue;
         }
+        // Even empty, it is hyper's whole 8 KiB read buffer (DHAT).
+        drop(read_buf);
         // Parked: one byte (through the watch) says the next request is here.
         let mut first = [0u8; 1];
         let next = tokio::time::timeout(wait_limit, io.read(&mut first)).await;
