@@ -65,7 +65,13 @@ where
         ended?;
         // `None`: a request that raced the shutdown was an upgrade, and the
         // stream now belongs to it.
-        // (hyper's service clone is dropped here, with the connection.)
+        // (hyper's service clone is dropped here, with the connection.) Out
+        // of its box first: a box moved out of is freed only at the end of
+        // its scope, which would be after the wait (840 bytes, DHAT).
+        let conn = {
+            let boxed = conn;
+            *boxed
+        };
         let Some(http1::Parts {
             io: back, read_buf, ..
         }) = conn.into_parts()
