@@ -440,11 +440,6 @@ impl<S> FramingWatch<S> {
         debug_assert!(self.replay.is_empty(), "replay set twice");
         self.replay = bytes;
     }
-
-    /// Whether replayed bytes are waiting to be read.
-    pub fn has_replay(&self) -> bool {
-        !self.replay.is_empty()
-    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for FramingWatch<S> {

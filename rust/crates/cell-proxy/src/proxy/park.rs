@@ -63,15 +63,15 @@ where
         let ended = (&mut *conn).await;
         flags.parking.store(false, Ordering::SeqCst);
         ended?;
-        // `None`: a request that raced the shutdown was an upgrade, and the
-        // stream now belongs to it.
-        // (hyper's service clone is dropped here, with the connection.) Out
-        // of its box first: a box moved out of is freed only at the end of
-        // its scope, which would be after the wait (840 bytes, DHAT).
+        // Out of its box first: a box moved out of is freed only at the end
+        // of its scope, which would be after the wait (840 bytes, DHAT).
         let conn = {
             let boxed = conn;
             *boxed
         };
+        // `None`: a request that raced the shutdown was an upgrade, and the
+        // stream now belongs to it. (hyper's clone of the service is dropped
+        // here, with the rest of the connection.)
         let Some(http1::Parts {
             io: back, read_buf, ..
         }) = conn.into_parts()
@@ -91,13 +91,14 @@ where
         drop(held);
         match next {
             Ok(Ok(1)) => io.replay(Bytes::copy_from_slice(&first)),
-            // The client closed, or kept an idle connection past the limit:
-            // end it the way hyper would have.
+            // The client closed: close our side as hyper would have.
             Ok(Ok(_)) => {
                 let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
                 return Ok(());
             }
             Ok(Err(e)) => return Err(e.into()),
+            // Idle past the keep-alive head timeout: dropped, as hyper's
+            // header timer drops it.
             Err(_) => return Ok(()),
         }
     }
