@@ -74,6 +74,12 @@ impl Flags {
         })
     }
 
+    /// Plaintext bytes moved either way so far (idle and at-rest checks
+    /// compare two readings).
+    pub fn bytes_moved(&self) -> u64 {
+        self.bytes_up.load(Ordering::Relaxed) + self.bytes_down.load(Ordering::Relaxed)
+    }
+
     /// A request has reached the service.
     pub fn request_started(&self) {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
@@ -435,6 +441,17 @@ impl<S> FramingWatch<S> {
         }
     }
 
+    /// Counts what a write accepted as sent towards the client.
+    fn count_down(&self, r: Poll<std::io::Result<usize>>) -> Poll<std::io::Result<usize>> {
+        if let Poll::Ready(Ok(n)) = r {
+            self.tracker
+                .flags
+                .bytes_down
+                .fetch_add(n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+
     /// Bytes already watched, to be read again before the stream's next ones.
     pub fn replay(&mut self, bytes: Bytes) {
         debug_assert!(self.replay.is_empty(), "replay set twice");
@@ -475,13 +492,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FramingWatch<S> {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = r {
-            self.tracker
-                .flags
-                .bytes_down
-                .fetch_add(n as u64, Ordering::Relaxed);
-        }
-        r
+        self.count_down(r)
     }
     /// Vectored, as the TLS stream under it is: otherwise hyper copies every
     /// response byte into its own buffer first.
@@ -491,13 +502,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FramingWatch<S> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = r {
-            self.tracker
-                .flags
-                .bytes_down
-                .fetch_add(n as u64, Ordering::Relaxed);
-        }
-        r
+        self.count_down(r)
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()

@@ -307,8 +307,7 @@ pub(super) async fn first_head_watch(seen: &std::sync::atomic::AtomicBool, timeo
 
 /// Resolves once no plaintext byte has moved either way for `idle`.
 pub(super) async fn idle_watch(stats: &crate::framing::Flags, idle: Duration) {
-    let moved =
-        || stats.bytes_up.load(Ordering::Relaxed) + stats.bytes_down.load(Ordering::Relaxed);
+    let moved = || stats.bytes_moved();
     let mut last = (moved(), Instant::now());
     loop {
         tokio::time::sleep(idle / 4 + Duration::from_millis(5)).await;

@@ -107,8 +107,7 @@ where
 /// Resolves once `flags` has been at rest, with nothing moving either way,
 /// for `quiet` (checked every `quiet`, so within twice that).
 async fn at_rest_for(flags: &Flags, quiet: Duration) {
-    let moved =
-        || flags.bytes_up.load(Ordering::Relaxed) + flags.bytes_down.load(Ordering::Relaxed);
+    let moved = || flags.bytes_moved();
     let mut last = moved();
     loop {
         tokio::time::sleep(quiet).await;
