@@ -47,7 +47,7 @@ use crate::state::State;
 mod accept;
 mod explicit;
 mod inject;
-pub mod park;
+mod park;
 mod relay;
 mod request;
 mod upstream;
